@@ -1,0 +1,22 @@
+"""simsiam: self-supervised image representation learning with SimSiam (Chen & He, CVPR 2021).
+
+    from simsiam import Config, from_preset, train
+    summary = train(from_preset("digits", epochs=5, run_dir="runs/try"))
+"""
+
+from .backbones import build_backbone
+from .config import PRESETS, Config, from_preset
+from .data import Augment, ImageSet, load_splits
+from .errors import ConfigError, DataError, SimSiamError, TrainingError
+from .evaluate import extract_features, knn_accuracy, knn_predict
+from .methods import METHODS
+from .methods.simsiam import SimSiam, negative_cosine, z_std
+from .train import build_model, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Augment", "Config", "ConfigError", "DataError", "ImageSet", "METHODS", "PRESETS", "SimSiam",
+    "SimSiamError", "TrainingError", "build_backbone", "build_model", "extract_features", "from_preset",
+    "knn_accuracy", "knn_predict", "load_splits", "negative_cosine", "train", "z_std",
+]

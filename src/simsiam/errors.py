@@ -1,0 +1,20 @@
+"""Errors a user can fix. Each message is one line: what is wrong and what to do about it.
+
+The CLI prints these without a traceback and exits non-zero; anything else is a bug.
+"""
+
+
+class SimSiamError(Exception):
+    pass
+
+
+class ConfigError(SimSiamError, ValueError):
+    """A bad option or value."""
+
+
+class DataError(SimSiamError):
+    """Missing, empty or unreadable data."""
+
+
+class TrainingError(SimSiamError):
+    """Training cannot go on (non-finite loss, checkpoint that does not match, ...)."""

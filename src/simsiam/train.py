@@ -1,0 +1,254 @@
+"""One training loop for every method.
+
+dataset (uint8 tensor on the device) -> batched two-view augmentation -> method(x1, x2) -> SGD.
+Per epoch: cosine lr, metrics to RUN_DIR/metrics.jsonl, an atomic checkpoint, the kNN monitor
+every `knn_every` epochs. At the end: RUN_DIR/backbone.pt and RUN_DIR/summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .backbones import build_backbone
+from .config import Config
+from .data import Augment, load_splits
+from .errors import DataError, TrainingError
+from .evaluate import knn_accuracy
+from .methods import METHODS
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def log(msg: str) -> None:
+    tqdm.write(msg, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name} asked for, but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast where it is fast: GPUs with bf16, CPUs with AMX matrix units."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:  # private but stable since torch 2.2; absent elsewhere -> fp32
+        return bool(torch._C._cpu._init_amx())
+    except AttributeError:
+        return False
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    backbone, feature_dim = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width)
+    return METHODS[cfg.method](cfg, backbone, feature_dim)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
+    """SGD at lr = base_lr x batch/256 on every group; weight decay on all parameters (Sec. 3)."""
+    groups = [dict(g, lr=cfg.scaled_lr, fix_lr=g["fix_lr"] and cfg.fix_pred_lr)
+              for g in model.param_groups() if g["params"]]
+    return torch.optim.SGD(groups, lr=cfg.scaled_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def cosine_lr(base_lr: float, progress: float) -> float:
+    """Half-cosine from base_lr at progress 0 to 0 at progress 1, no warm-up (official code)."""
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, progress: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr if group["fix_lr"] else cosine_lr(base_lr, progress)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write to a temporary file, then rename: a crash or a full disk never leaves a torn file,
+    and the previous checkpoint stays until the new one is complete."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise TrainingError(f"could not write checkpoint {path} ({e.strerror or e}); free disk space or "
+                            f"choose another --run-dir; the previous checkpoint is intact") from None
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def default_run_dir(cfg: Config) -> str:
+    return os.path.join("runs", f"{cfg.preset or cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def train(cfg: Config) -> dict:
+    """Train `cfg.method` as configured; returns the summary (also in RUN_DIR/summary.json)."""
+    run_dir = Path(cfg.run_dir or default_run_dir(cfg))
+    cfg = cfg.replace(run_dir=str(run_dir))
+    ckpt_path = run_dir / CHECKPOINT
+    if cfg.resume and not ckpt_path.exists():
+        raise TrainingError(f"--resume: no {CHECKPOINT} in {run_dir}; start without --resume or give the right --run-dir")
+    if not cfg.resume and ckpt_path.exists():
+        raise TrainingError(f"{run_dir} already holds a run; add --resume to continue it or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    device = resolve_device(cfg.device)
+    bf16 = use_bf16(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    train_set, test_set = load_splits(cfg)
+    if cfg.subset is not None and cfg.subset < len(train_set):
+        pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.subset]
+        train_set = train_set.select(pick.sort().values)
+    if len(train_set) < cfg.batch_size:
+        raise DataError(f"--batch-size {cfg.batch_size} is larger than the {len(train_set)} training images; "
+                        f"lower --batch-size or use more data")
+    train_set, test_set = train_set.to(device), test_set.to(device)
+
+    model = build_model(cfg).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = build_optimizer(model, cfg)
+    augment = Augment.from_config(cfg)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # data order + augmentation
+    z_healthy = 1 / math.sqrt(model.dim)
+
+    def knn() -> float:
+        return knn_accuracy(model.backbone, train_set, test_set, cfg.image_size, cfg.mean, cfg.std,
+                            cfg.knn_k, cfg.knn_t, channels_last=cfg.channels_last)
+
+    start_epoch, train_seconds, knn_random = 0, 0.0, None
+    if cfg.resume:
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as e:
+            raise TrainingError(f"{ckpt_path} does not match this configuration ({str(e).splitlines()[0]}); "
+                                "resume with the run's own options") from None
+        gen.set_state(state["generator"].to(gen.get_state().device))
+        start_epoch, train_seconds, knn_random = state["epoch"], state["train_seconds"], state["knn_random_init"]
+        log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
+    else:
+        (run_dir / "metrics.jsonl").write_text("")
+        if cfg.knn_random_init:
+            knn_random = knn()
+            log(f"kNN top-1 of the backbone at random init: {100 * knn_random:.2f}%")
+
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (run_dir / "run.json").write_text(json.dumps({
+        "git_sha": _git_sha(), "command": sys.argv, "torch": torch.__version__, "python": platform.python_version(),
+        "device": str(device), "bf16": bf16, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }, indent=2) + "\n")
+    log(f"{cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} test images), "
+        f"{cfg.arch} width {cfg.width}, batch {cfg.batch_size}, lr {cfg.scaled_lr:g}, {cfg.epochs} epochs, "
+        f"{device}{' bf16' if bf16 else ''} -> {run_dir}")
+
+    steps_per_epoch = len(train_set) // cfg.batch_size  # drop_last, as the official loader
+    total_steps = steps_per_epoch * cfg.epochs
+    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, unit="step", dynamic_ncols=True,
+               mininterval=1.0, file=sys.stderr)
+    model.train()
+    last = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.schedule == "epoch":
+            set_lr(optimizer, cfg.scaled_lr, epoch / cfg.epochs)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        zstd_sum = torch.zeros((), device=device)
+        perm = torch.randperm(len(train_set), generator=gen, device=device)
+        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+        for step in range(steps_per_epoch):
+            if cfg.schedule == "step":
+                set_lr(optimizer, cfg.scaled_lr, (epoch * steps_per_epoch + step) / total_steps)
+            images = train_set.images[perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+            x1, x2 = (x.contiguous(memory_format=memory_format) for x in augment.two_views(images, gen))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(x1, x2)
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            optimizer.step()
+            loss_sum += out["loss"].detach().float()
+            zstd_sum += out["z_std"]
+            bar.update(1)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_epoch:
+                loss_now = _check_finite(out["loss"], epoch, step, cfg)
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{loss_now:.4f}", z_std=f"{out['z_std'].item():.4f}",
+                                img_s=f"{(step + 1) * cfg.batch_size / elapsed:.0f}", refresh=False)
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
+        last = {
+            "epoch": epoch + 1,
+            "loss": (loss_sum / steps_per_epoch).item(),
+            "z_std": (zstd_sum / steps_per_epoch).item(),
+            "z_std_healthy": z_healthy,
+            "lr": optimizer.param_groups[0]["lr"],
+            "lr_groups": {g["name"]: g["lr"] for g in optimizer.param_groups},
+            "images_per_second": steps_per_epoch * cfg.batch_size / epoch_seconds,
+            "epoch_seconds": epoch_seconds,
+        }
+        if epoch + 1 == cfg.epochs or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0):
+            last["knn_top1"] = knn()
+            log(f"epoch {epoch + 1}: loss {last['loss']:.4f}, z-std {last['z_std']:.4f}, "
+                f"kNN top-1 {100 * last['knn_top1']:.2f}%")
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(last) + "\n")
+        save_checkpoint(ckpt_path, {
+            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "generator": gen.get_state(), "train_seconds": train_seconds, "knn_random_init": knn_random,
+            "config": cfg.to_dict(),
+        })
+    bar.close()
+
+    if not last:  # resumed a finished run: nothing trained, report the stored numbers
+        last = _last_metrics(run_dir)
+        last.setdefault("knn_top1", knn())
+    torch.save(model.backbone.state_dict(), run_dir / "backbone.pt")
+    summary = {
+        "method": cfg.method, "dataset": cfg.dataset, "data_dir": cfg.data_dir, "preset": cfg.preset,
+        "arch": cfg.arch, "width": cfg.width, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "num_train": len(train_set), "num_test": len(test_set),
+        "train_seconds": train_seconds,
+        "images_per_second": total_steps * cfg.batch_size / max(train_seconds, 1e-9),
+        "knn_top1": last["knn_top1"], "knn_top1_random_init": knn_random,
+        "loss": last["loss"], "z_std": last["z_std"], "z_std_healthy": z_healthy,
+        "collapsed": last["z_std"] < cfg.collapse_fraction * z_healthy,
+        "device": str(device), "precision": "bf16" if bf16 else "fp32", "run_dir": str(run_dir),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int, cfg: Config) -> float:
+    value = loss.item()
+    if not math.isfinite(value):
+        kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "no checkpoint was written yet"
+        raise TrainingError(f"loss is {value} at epoch {epoch + 1}, step {step + 1}; lower --lr (now {cfg.lr:g}) "
+                            f"or check the data; {kept}")
+    return value
+
+
+def _last_metrics(run_dir: Path) -> dict:
+    lines = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1])
