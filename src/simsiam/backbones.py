@@ -34,23 +34,23 @@ class _NarrowResNet(resnet.ResNet):
         self.bn1 = nn.BatchNorm2d(stem)
         self.inplanes = stem
         self.layer1 = self._make_layer(block, 64, layers[0])
-        for m in [self.conv1, self.bn1, *self.layer1.modules()]:
-            _init_like_torchvision(m, zero_init_residual)
+        _init_like_torchvision([self.conv1, self.bn1, *self.layer1.modules()], zero_init_residual)
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
         return super()._make_layer(block, max(1, round(planes * self.width)), blocks, stride, dilate)
 
 
-def _init_like_torchvision(m: nn.Module, zero_init_residual: bool) -> None:
-    if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    elif isinstance(m, nn.BatchNorm2d):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    if zero_init_residual:
-        if isinstance(m, Bottleneck):
+def _init_like_torchvision(modules: list[nn.Module], zero_init_residual: bool) -> None:
+    for m in modules:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in modules:  # after the BN init above, as in torchvision
+        if zero_init_residual and isinstance(m, Bottleneck):
             nn.init.zeros_(m.bn3.weight)
-        elif isinstance(m, BasicBlock):
+        elif zero_init_residual and isinstance(m, BasicBlock):
             nn.init.zeros_(m.bn2.weight)
 
 
@@ -68,7 +68,7 @@ def build_backbone(arch: str = "resnet50", cifar_stem: bool = False, width: floa
     if cifar_stem:
         # Paper App. D: "conv1 3x3 stride 1, no max-pool" for 32x32 inputs.
         net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-        _init_like_torchvision(net.conv1, zero_init_residual)
+        _init_like_torchvision([net.conv1], zero_init_residual)
         net.maxpool = nn.Identity()
     net.fc = nn.Identity()  # pooled features out; the method adds its own heads
     return net, feature_dim

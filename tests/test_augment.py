@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+
+from simsiam.data import augment as A
+from simsiam.data.augment import Augment
+
+
+def images(n=8, size=32, seed=0):
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def unnormalize(x, aug):
+    return x * torch.tensor(aug.std).view(1, 3, 1, 1) + torch.tensor(aug.mean).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("size,in_size", [(32, 32), (24, 40), (64, 48)])
+def test_shape_dtype_range(size, in_size):
+    aug = Augment(size)  # ImageNet recipe incl. blur
+    x = aug(images(8, in_size), torch.Generator().manual_seed(0))
+    assert x.shape == (8, 3, size, size) and x.dtype == torch.float32
+    raw = unnormalize(x, aug)
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
+
+
+def test_per_sample_randomness():
+    same = images(1).expand(16, -1, -1, -1).contiguous()
+    x = Augment(32)(same, torch.Generator().manual_seed(0))
+    flat = x.flatten(1)
+    dist = torch.cdist(flat, flat)
+    assert (dist + torch.eye(16) * 1e9).min() > 1e-3  # every pair of samples differs
+
+
+def test_seeded_call_is_reproducible_and_views_differ():
+    x = images()
+    a1, a2 = Augment(32).two_views(x, torch.Generator().manual_seed(5))
+    b1, b2 = Augment(32).two_views(x, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a1, b1, rtol=0, atol=0)
+    torch.testing.assert_close(a2, b2, rtol=0, atol=0)
+    assert (a1 - a2).abs().max() > 0.1
+
+
+def uniform_rand(seed):
+    g = torch.Generator().manual_seed(seed)
+    return lambda *shape: torch.rand(*shape, generator=g)
+
+
+def test_crop_boxes_follow_torchvision_rule():
+    scale, ratio = (0.2, 1.0), (3 / 4, 4 / 3)
+    boxes = A.crop_boxes(20000, 32, 40, scale, ratio, uniform_rand(0))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= 40).all() and (boxes[:, 3] <= 32).all()
+    assert torch.equal(w, w.round()) and torch.equal(h, h.round())  # integer pixels, like torchvision
+    area = w * h / (32 * 40)
+    # rounding w and h moves the area a little outside `scale`; torchvision does the same
+    assert area.min() > 0.17 and area.max() <= 1.0
+    # Compare the distribution with torchvision's own sampler.
+    torch.manual_seed(0)
+    from torchvision.transforms import RandomResizedCrop
+    ref = torch.tensor([RandomResizedCrop.get_params(torch.zeros(3, 32, 40), list(scale), list(ratio))
+                        for _ in range(20000)], dtype=torch.float32)  # i, j, h, w
+    ref_area = ref[:, 2] * ref[:, 3] / (32 * 40)
+    assert abs(area.mean() - ref_area.mean()) < 0.01
+    assert abs((w / h).log().mean() - (ref[:, 3] / ref[:, 2]).log().mean()) < 0.01
+    assert abs(boxes[:, 0].mean() - ref[:, 1].mean()) < 0.2  # left offset
+
+
+def test_crop_fallback_is_central():
+    # ratio range that cannot fit a 10x40 image -> central crop with the ratio clamped
+    boxes = A.crop_boxes(4, 10, 40, (0.99, 1.0), (1.0, 1.0), uniform_rand(0))
+    assert boxes.tolist() == [[15.0, 0.0, 25.0, 10.0]] * 4
+
+
+def test_resized_crop_matches_torchvision_when_upscaling():
+    x = images(1, 16)
+    box = torch.tensor([[2.0, 3.0, 12.0, 11.0]])  # x0, y0, x1, y1 -> 10 wide, 8 high
+    ours = A.resized_crop(x, box, 20)[0]
+    ref = TF.resized_crop(x[0].float() / 255, 3, 2, 8, 10, [20, 20], antialias=False)
+    # roi_align samples the pixels just outside the box at its border (torchvision clamps to the
+    # crop's edge), so the outermost output ring differs; the interior is the same bilinear resize.
+    torch.testing.assert_close(ours[:, 1:-1, 1:-1], ref[:, 1:-1, 1:-1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("op,tv", [
+    (A._brightness, TF.adjust_brightness), (A._contrast, TF.adjust_contrast),
+    (A._saturation, TF.adjust_saturation), (A._hue, TF.adjust_hue),
+])
+def test_colour_ops_match_torchvision(op, tv):
+    x = images(4, 16).float() / 255
+    factors = [0.3, 0.7, 1.2, 1.4] if tv is not TF.adjust_hue else [-0.1, -0.03, 0.05, 0.1]
+    got = op(x, torch.tensor(factors).view(-1, 1, 1, 1))
+    for i, f in enumerate(factors):
+        torch.testing.assert_close(got[i], tv(x[i], f), atol=2e-5, rtol=0)
+
+
+def test_jitter_draws_a_random_order_per_sample():
+    n = 4000
+    x = images(1, 8).float().div(255).expand(n, -1, -1, -1).contiguous()
+    out = A.color_jitter(x, torch.ones(n, dtype=torch.bool), (0.4, 0.4, 0.4, 0.1), uniform_rand(1))
+    # brightness then contrast != contrast then brightness (clamping), so different orders leave
+    # different results even for equal factors; check many distinct outputs exist
+    assert torch.unique(out.flatten(1)[:, 0]).numel() > n // 2
+
+
+def test_grayscale_and_flip_rates():
+    aug = Augment(16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_p=0, blur_p=0, gray_p=0.2, hflip=0.5,
+                  mean=(0, 0, 0), std=(1, 1, 1))
+    x = images(4000, 16)
+    out = aug(x, torch.Generator().manual_seed(0))
+    is_gray = (out[:, 0] - out[:, 1]).abs().amax(dim=(1, 2)) < 1e-6
+    assert abs(is_gray.float().mean() - 0.2) < 0.03
+    base = x.float() / 255
+    gray = A.grayscale(base).expand_as(base)
+    flipped = [torch.allclose(o, b.flip(-1), atol=1e-5) or torch.allclose(o, gb.flip(-1), atol=1e-5)
+               for o, b, gb in zip(out[:1000], base[:1000], gray[:1000])]
+    assert abs(sum(flipped) / 1000 - 0.5) < 0.06
+
+
+def test_blur_smooths_and_preserves_mean():
+    x = images(6, 32).float() / 255
+    apply = torch.tensor([True, True, True, False, False, False])
+    y = A.gaussian_blur(x, apply, torch.full((6,), 2.0), A.blur_kernel_size(224))
+    assert torch.equal(y[3:], x[3:])
+    assert y[:3].diff(dim=-1).abs().mean() < 0.5 * x[:3].diff(dim=-1).abs().mean()
+    assert abs(y[:3].mean() - x[:3].mean()) < 0.01
+    assert A.blur_kernel_size(224) == 23 and A.blur_kernel_size(32) == 3
+
+
+def test_no_blur_for_32px_recipe():
+    aug = Augment(32, blur_p=0.0, jitter_p=0, gray_p=0, hflip=0, crop_scale=(1, 1), crop_ratio=(1, 1),
+                  mean=(0, 0, 0), std=(1, 1, 1))
+    x = images(2, 32)
+    torch.testing.assert_close(aug(x, torch.Generator().manual_seed(0)), x.float() / 255, atol=1e-6, rtol=0)
+
+
+def test_hsv_roundtrip():
+    x = torch.rand(3, 3, 10, 10)
+    torch.testing.assert_close(A._hsv_to_rgb(*A._rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
+    assert math.isclose(A._GRAY[0] + A._GRAY[1] + A._GRAY[2], 1.0, abs_tol=1e-3)

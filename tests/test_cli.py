@@ -1,0 +1,72 @@
+"""The command line: bad input gives one line and a non-zero exit; a short run writes its files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "simsiam", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def assert_one_line_error(res, *needles):
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--dataset", "folder", "--data-dir", "/nonexistent/images"], ["/nonexistent/images", "does not exist"]),
+    (["--batch-size", "0"], ["--batch-size", "positive"]),
+    (["--batch-size", "-4"], ["--batch-size", "positive"]),
+    (["--lr", "nan"], ["--lr"]),
+    (["--preset", "nope"], ["unknown preset", "cifar10"]),
+    (["--arch", "vgg"], ["--arch", "resnet18"]),
+    (["--dataset", "folder"], ["--data-dir"]),
+    (["--resume", "--run-dir", "/nonexistent/run"], ["config.json"]),
+])
+def test_bad_options_are_one_line_errors(args, needles):
+    assert_one_line_error(run_cli("train", *args), *needles)
+
+
+def test_empty_data_dir(tmp_path):
+    assert_one_line_error(run_cli("train", "--dataset", "folder", "--data-dir", str(tmp_path)), str(tmp_path))
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "notes.txt").write_text("not an image")
+    assert_one_line_error(run_cli("train", "--dataset", "folder", "--data-dir", str(tmp_path)), "no images")
+
+
+def test_help_documents_the_fixed_options():
+    out = run_cli("train", "--help").stdout
+    for flag in ["--run-dir", "--epochs", "--batch-size", "--lr", "--width", "--subset", "--seed",
+                 "--no-stop-gradient", "--no-predictor", "--resume", "--preset", "--data-dir"]:
+        assert flag in out, flag
+
+
+def test_short_default_run_writes_summary_and_files(tmp_path):
+    run_dir = tmp_path / "run"
+    res = run_cli("train", "--epochs", "1", "--subset", "256", "--batch-size", "64", "--width", "0.125",
+                  "--run-dir", str(run_dir))
+    assert res.returncode == 0, res.stderr
+    assert "random init" in res.stdout and "z-std" in res.stdout
+    s = json.loads((run_dir / "summary.json").read_text())
+    for key in ["method", "dataset", "epochs", "train_seconds", "images_per_second", "knn_top1",
+                "knn_top1_random_init", "z_std", "z_std_healthy", "collapsed"]:
+        assert key in s, key
+    assert s["method"] == "simsiam" and s["dataset"] == "digits" and s["epochs"] == 1
+    assert 0 <= s["knn_top1"] <= 1 and 0 <= s["knn_top1_random_init"] <= 1
+    assert s["z_std_healthy"] == pytest.approx(2048 ** -0.5)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["width"] == 0.125 and cfg["subset"] == 256 and cfg["preset"] == "digits"
+    metrics = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1] and "lr_groups" in metrics[0]
+    assert (run_dir / "checkpoint.pt").exists() and (run_dir / "backbone.pt").exists()
+    # the same run directory again without --resume refuses, naming the fix
+    again = run_cli("train", "--epochs", "1", "--run-dir", str(run_dir))
+    assert_one_line_error(again, "--resume")

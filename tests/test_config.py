@@ -1,0 +1,74 @@
+import math
+
+import pytest
+import torch
+
+from simsiam.config import PRESETS, Config, ConfigError, from_preset
+from simsiam.train import build_optimizer, cosine_lr, set_lr
+from simsiam.methods.simsiam import SimSiam
+
+
+def test_paper_defaults():
+    c = Config()
+    assert (c.lr, c.batch_size, c.momentum, c.weight_decay, c.epochs) == (0.05, 512, 0.9, 1e-4, 100)
+    assert c.fix_pred_lr and c.stop_gradient and c.predictor and not c.concat_views
+    assert (c.dim, c.pred_dim, c.proj_layers, c.proj_hidden) == (2048, 512, 3, 2048)
+    assert c.crop_scale == (0.2, 1.0) and c.jitter == (0.4, 0.4, 0.4, 0.1) and c.jitter_p == 0.8
+    assert (c.gray_p, c.blur_p, c.blur_sigma, c.hflip) == (0.2, 0.5, (0.1, 2.0), 0.5)
+    assert (c.knn_k, c.knn_t) == (200, 0.1)
+    assert c.scaled_lr == pytest.approx(0.05 * 512 / 256)
+
+
+def test_cifar_preset_is_the_paper_recipe():
+    c = from_preset("cifar10", data_dir="x")
+    assert (c.arch, c.cifar_stem, c.proj_layers, c.lr, c.weight_decay, c.batch_size, c.epochs, c.blur_p) == \
+        ("resnet18", True, 2, 0.03, 5e-4, 512, 800, 0.0)
+    assert c.image_size == 32 and c.width == 1.0
+
+
+def test_every_preset_is_valid():
+    for name in PRESETS:
+        from_preset(name, data_dir="somewhere")
+
+
+@pytest.mark.parametrize("bad", [
+    {"batch_size": 0}, {"lr": -1.0}, {"gray_p": 1.5}, {"schedule": "linear"}, {"proj_layers": 4},
+    {"crop_scale": (0.5, 0.2)},
+])
+def test_bad_values_fail(bad):
+    with pytest.raises(ConfigError):
+        Config(**bad)
+
+
+def test_unknown_key_and_wrong_type_fail_loudly():
+    with pytest.raises(ConfigError, match="temperature"):
+        Config.from_dict({"temperature": 0.5})
+    with pytest.raises(ConfigError, match="batch_size"):
+        Config.from_dict({"batch_size": "512"})
+    with pytest.raises(ConfigError, match="stop_gradient"):
+        Config.from_dict({"stop_gradient": 1})
+    assert Config.from_dict(Config().to_dict()) == Config()
+
+
+def _optimizer(fix_pred_lr):
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8))
+    model = SimSiam(backbone, 8, dim=8, pred_dim=4, proj_layers=2, proj_hidden=8)
+    return build_optimizer(model, Config(fix_pred_lr=fix_pred_lr, batch_size=128, lr=0.1))
+
+
+def test_lr_schedule_cosine_encoder_fixed_predictor():
+    opt = _optimizer(fix_pred_lr=True)
+    base = 0.1 * 128 / 256
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["encoder"]["weight_decay"] == groups["predictor"]["weight_decay"] == 1e-4
+    for progress in [0.0, 0.25, 0.5, 0.99]:
+        set_lr(opt, base, progress)
+        assert groups["encoder"]["lr"] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * progress)))
+        assert groups["predictor"]["lr"] == base
+    assert cosine_lr(1.0, 1.0) == pytest.approx(0.0, abs=1e-12) and cosine_lr(1.0, 0.5) == pytest.approx(0.5)
+
+
+def test_lr_schedule_decays_predictor_without_fix_pred_lr():
+    opt = _optimizer(fix_pred_lr=False)
+    set_lr(opt, 0.05, 0.5)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.025, 0.025])
