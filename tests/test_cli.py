@@ -70,3 +70,38 @@ def test_short_default_run_writes_summary_and_files(tmp_path):
     # the same run directory again without --resume refuses, naming the fix
     again = run_cli("train", "--epochs", "1", "--run-dir", str(run_dir))
     assert_one_line_error(again, "--resume")
+
+
+def make_folder(root, classes=("red", "blue"), n=24, size=20):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            arr = rng.integers(0, 80, (size, size + 4, 3), dtype=np.uint8)
+            arr[..., c] += 150  # a colour per class
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+    return root
+
+
+def test_data_dir_alone_trains_on_a_folder_and_skips_bad_files(tmp_path):
+    data = make_folder(tmp_path / "photos")
+    (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (data / "blue" / "empty.png").write_bytes(b"")
+    run_dir = tmp_path / "run"
+    res = run_cli("train", "--data-dir", str(data), "--image-size", "16", "--width", "0.125", "--epochs", "1",
+                  "--batch-size", "16", "--dim", "64", "--pred-dim", "16", "--proj-hidden", "64",
+                  "--run-dir", str(run_dir))
+    assert res.returncode == 0, res.stderr
+    assert "skipped 2 unreadable image(s)" in res.stderr and "broken.jpg" in res.stderr
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["dataset"] == "folder" and s["preset"] == "folder"
+    assert s["num_train"] + s["num_test"] == 48  # the two bad files are not counted
+
+
+def test_flat_folder_without_classes_is_a_one_line_error(tmp_path):
+    make_folder(tmp_path / "x")
+    flat = tmp_path / "x" / "red"
+    assert_one_line_error(run_cli("train", "--data-dir", str(flat)), "no class sub-folders", str(flat))

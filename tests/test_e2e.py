@@ -6,13 +6,15 @@ and z-std stays near 1/sqrt(d); without it, z-std falls to a small fraction of t
 goes to -1. And a resumed run ends with exactly the weights of an uninterrupted one.
 """
 
+import importlib
 import json
 
 import pytest
 import torch
 
-import simsiam.train as train_mod
 from simsiam import from_preset, train
+
+train_mod = importlib.import_module("simsiam.train")  # the package re-exports the function `train`
 
 # 1000 train / 200 test images, width-1/8 CIFAR ResNet-18, small heads.
 SMALL = dict(width=0.125, dim=256, pred_dim=64, proj_hidden=256, batch_size=64, knn_every=0,

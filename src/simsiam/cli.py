@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     tr.add_argument("--preset", default=argparse.SUPPRESS,
-                    help=f"starting values: {presets} (default {DEFAULT_PRESET}; cifar10 and imagenet are the "
-                         "paper's recipes, cifar10-cpu a CPU-scale variant)")
+                    help=f"starting values: {presets} (default {DEFAULT_PRESET}, or folder when --data-dir is given; "
+                         "cifar10 and imagenet are the paper's recipes, cifar10-cpu a CPU-scale variant)")
     tr.add_argument("--config", metavar="FILE.json", default=argparse.SUPPRESS,
                     help="start from a saved config (e.g. RUN_DIR/config.json) instead of a preset")
     tr.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
@@ -84,7 +84,8 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read --config {ns.config}: {e}") from None
         return Config.from_dict({**base, **given})
-    return from_preset(getattr(ns, "preset", None), **given)
+    default = "folder" if "data_dir" in given else DEFAULT_PRESET  # a --data-dir alone means a folder of photos
+    return from_preset(getattr(ns, "preset", default), **given)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,7 +146,7 @@ def train(cfg: Config) -> dict:
         except (RuntimeError, ValueError) as e:
             raise TrainingError(f"{ckpt_path} does not match this configuration ({str(e).splitlines()[0]}); "
                                 "resume with the run's own options") from None
-        gen.set_state(state["generator"].to(gen.get_state().device))
+        gen.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
         start_epoch, train_seconds, knn_random = state["epoch"], state["train_seconds"], state["knn_random_init"]
         log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
     else:
@@ -155,7 +155,7 @@ def train(cfg: Config) -> dict:
             knn_random = knn()
             log(f"kNN top-1 of the backbone at random init: {100 * knn_random:.2f}%")
 
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (run_dir / "config.json").write_text(json.dumps(cfg.replace(resume=False).to_dict(), indent=2) + "\n")
     (run_dir / "run.json").write_text(json.dumps({
         "git_sha": _git_sha(), "command": sys.argv, "torch": torch.__version__, "python": platform.python_version(),
         "device": str(device), "bf16": bf16, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
