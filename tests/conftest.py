@@ -26,3 +26,17 @@ def cifar_slice(tmp_path_factory) -> Path:
     if not CIFAR_TAR.exists():
         pytest.skip(f"CIFAR-10 tarball not found at {CIFAR_TAR} (it lives in ../shared beside the repo)")
     return extract_cifar_slice(tmp_path_factory.mktemp("cifar"), per_class_train=100, per_class_test=20)
+
+
+def make_folder(root, classes=("red", "blue"), n=24, size=20):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            arr = rng.integers(0, 80, (size, size + 4, 3), dtype=np.uint8)
+            arr[..., c] += 150  # a colour per class
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+    return root

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from conftest import make_folder
+
 
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "simsiam", *args], capture_output=True, text=True, cwd=cwd,
@@ -70,20 +72,6 @@ def test_short_default_run_writes_summary_and_files(tmp_path):
     # the same run directory again without --resume refuses, naming the fix
     again = run_cli("train", "--epochs", "1", "--run-dir", str(run_dir))
     assert_one_line_error(again, "--resume")
-
-
-def make_folder(root, classes=("red", "blue"), n=24, size=20):
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            arr = rng.integers(0, 80, (size, size + 4, 3), dtype=np.uint8)
-            arr[..., c] += 150  # a colour per class
-            Image.fromarray(arr).save(root / name / f"{i}.png")
-    return root
 
 
 def test_data_dir_alone_trains_on_a_folder_and_skips_bad_files(tmp_path):

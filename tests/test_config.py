@@ -27,8 +27,10 @@ def test_cifar_preset_is_the_paper_recipe():
 
 
 def test_every_preset_is_valid():
-    for name in PRESETS:
-        from_preset(name, data_dir="somewhere")
+    for name, values in PRESETS.items():
+        from_preset(name, data_dir="somewhere" if values["dataset"] == "folder" else None)
+    with pytest.raises(ConfigError, match="--dataset folder"):
+        from_preset("digits", data_dir="photos")  # a data dir that would be silently ignored
 
 
 @pytest.mark.parametrize("bad", [

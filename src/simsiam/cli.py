@@ -65,7 +65,53 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the run in --run-dir from its last checkpoint, with its saved config "
                          "(options given here override it, e.g. --epochs to train longer)")
     _add_config_options(tr)
+
+    ev = sub.add_parser("eval", help="evaluate a trained backbone (kNN or linear probe)")
+    ev_sub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+    knn = ev_sub.add_parser("knn", help="weighted kNN on frozen features (train split = bank, test = queries)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_source_and_data(knn)
+    knn.add_argument("--k", type=int, default=200, help="neighbours")
+    knn.add_argument("--t", type=float, default=0.1, help="temperature of the exp(sim/T) votes (the authors used 0.2)")
+    lin = ev_sub.add_parser("linear", help="linear classifier on frozen pool features (paper App. A protocol)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_source_and_data(lin)
+    lin.add_argument("--fast", action="store_true",
+                     help="features of un-augmented images extracted once (CPU-friendly); default: fresh "
+                          "RandomResizedCrop+flip crops every epoch as in the paper")
+    lin.add_argument("--epochs", type=int, default=90, help="classifier epochs (paper: 90)")
+    lin.add_argument("--batch-size", type=int, default=4096, help="batch (paper: 4096, LARS)")
+    lin.add_argument("--lr", type=float, default=0.1,
+                     help="base lr, scaled by batch/256 (official code 0.1; the paper's text says 0.02)")
+    lin.add_argument("--seed", type=int, default=0, help="classifier init and data order")
+
+    ex = sub.add_parser("export", help="backbone weights as safetensors + a torchvision-loadable state_dict")
+    ex.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
+    ex.add_argument("--out", required=True, metavar="FILE.safetensors",
+                    help="output; the plain state_dict goes beside it as FILE.pth")
+
+    em = sub.add_parser("embed", help="backbone features of every image in a folder, to .npy + .csv of paths")
+    em.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
+    em.add_argument("--data-dir", required=True, help="folder of images (any depth)")
+    em.add_argument("--out", required=True, metavar="FILE.npy", help="features; paths go to FILE.csv")
+    em.add_argument("--projector", action="store_true", help="also projector outputs z to FILE.projector.npy")
+    em.add_argument("--batch-size", type=int, default=256)
+    em.add_argument("--device", default="auto")
+
+    rp = sub.add_parser("report", help="plots and a Markdown summary of a run, in RUN_DIR/report/")
+    rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.add_argument("--no-retrieval", action="store_true", help="skip the nearest-neighbour picture")
+    rp.add_argument("--no-embedding-map", action="store_true", help="skip the t-SNE map")
     return parser
+
+
+def _add_source_and_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT",
+                   help="a run directory, one of its checkpoint.pt, or an official SimSiam checkpoint")
+    p.add_argument("--data-dir", help="evaluate on this ImageFolder tree (default: the run's own data)")
+    p.add_argument("--dataset", choices=["digits", "folder"], help="evaluate on this dataset (default: the run's)")
+    p.add_argument("--out", metavar="FILE.json", help="where the result goes (default: beside the source)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
 def config_from_args(ns: argparse.Namespace) -> Config:
@@ -88,14 +134,86 @@ def config_from_args(ns: argparse.Namespace) -> Config:
     return from_preset(getattr(ns, "preset", default), **given)
 
 
+def _eval_config(cfg: Config, args) -> Config:
+    from .runs import OFFICIAL
+
+    if cfg.preset == OFFICIAL and not args.data_dir:
+        raise ConfigError("an official SimSiam checkpoint does not record its data; give --data-dir DIR")
+    changes = {}
+    if args.data_dir:
+        changes = {"data_dir": args.data_dir, "dataset": args.dataset or "folder"}
+    elif args.dataset:
+        changes = {"dataset": args.dataset, "data_dir": None if args.dataset == "digits" else cfg.data_dir}
+    return cfg.replace(**changes)
+
+
+def _result_path(source: str, out: str | None, name: str) -> Path:
+    if out:
+        return Path(out)
+    src = Path(source)
+    return src / f"{name}.json" if src.is_dir() else src.with_name(f"{src.stem}.{name}.json")
+
+
+def _evaluate(args) -> None:
+    from .data import load_splits
+    from .evaluate import knn_report, linear_report
+    from .runs import load_backbone
+    from .train import log, resolve_device
+
+    device = resolve_device(args.device)
+    backbone, cfg = load_backbone(args.source, device)
+    cfg = _eval_config(cfg, args)
+    train_set, test_set = load_splits(cfg)
+    common = dict(size=cfg.image_size, mean=cfg.mean, std=cfg.std)
+    if args.protocol == "knn":
+        res = knn_report(backbone, train_set, test_set, k=args.k, t=args.t, **common)
+        name = "eval_knn"
+    else:
+        if args.epochs <= 0 or args.batch_size <= 0 or not args.lr > 0:
+            raise ConfigError("--epochs, --batch-size and --lr must be positive")
+        res = linear_report(backbone, train_set, test_set, fast=args.fast, epochs=args.epochs,
+                            batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, **common)
+        name = "eval_linear_fast" if args.fast else "eval_linear"
+    res = {"source": str(args.source), "dataset": cfg.dataset, "data_dir": cfg.data_dir, **res}
+    path = _result_path(args.source, args.out, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    top5 = f", top-5 {100 * res['top5']:.2f}%" if "top5" in res else ""
+    log(f"{res['protocol']} top-1 {100 * res['top1']:.2f}%{top5} ({res.get('num_queries', res.get('num_test'))} "
+        f"test images) -> {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .train import log
+
         if args.command == "train":
-            from .train import log, train
+            from .train import train
 
             summary = train(config_from_args(args))
             log(_describe(summary))
+        elif args.command == "eval":
+            _evaluate(args)
+        elif args.command == "export":
+            from .export import export_backbone
+
+            st, pth = export_backbone(args.source, args.out)
+            log(f"backbone written to {st} (safetensors) and {pth} (torch state_dict)")
+        elif args.command == "embed":
+            from .export import embed_folder
+            from .train import resolve_device
+
+            res = embed_folder(args.source, args.data_dir, args.out, batch_size=args.batch_size,
+                               projector=args.projector, device=resolve_device(args.device))
+            log(f"{res['num_images']} x {res['dim']} features -> {res['features']}, paths -> {res['paths']}"
+                + (f" ({res['num_skipped']} unreadable files skipped)" if res["num_skipped"] else ""))
+        elif args.command == "report":
+            from .report import write_report
+
+            md = write_report(args.run_dir, retrieval=not args.no_retrieval,
+                              embedding_map=not args.no_embedding_map)
+            log(f"report written: {md}")
         return 0
     except SimSiamError as e:
         print(f"simsiam: error: {e}", file=sys.stderr)

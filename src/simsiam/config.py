@@ -62,6 +62,8 @@ class Config:
     knn_t: float = _opt(0.1, "kNN monitor: temperature of the exp(sim/T) vote weights (the authors used 0.2)")
     knn_every: int = _opt(10, "run the kNN monitor every N epochs (and always at the end); 0 = only at the end")
     knn_random_init: bool = _opt(True, "also measure kNN of the backbone at random init, so the gain is visible")
+    collapse_patience: int = _opt(3, "warn 'looks collapsed' after this many epochs in a row under the threshold")
+    tensorboard: bool = _opt(False, "also log every scalar to RUN_DIR/tensorboard (needs the tensorboard package)")
     collapse_fraction: float = _opt(0.5, "call the run collapsed when z-std ends under this fraction of 1/sqrt(d) (healthy runs sit near 1.0)")
     # --- execution
     run_dir: str | None = _opt(None, "where everything of the run goes (default runs/<dataset>-<time>)")
@@ -78,7 +80,8 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
-        positive = ["image_size", "proj_layers", "proj_hidden", "dim", "pred_dim", "epochs", "batch_size", "knn_k", "log_every"]
+        positive = ["image_size", "proj_layers", "proj_hidden", "dim", "pred_dim", "epochs", "batch_size", "knn_k", "log_every",
+                    "collapse_patience"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}")

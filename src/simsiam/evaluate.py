@@ -7,6 +7,8 @@ weight exp(sim / T). Everything runs in chunks on the features' device.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,3 +55,160 @@ def knn_accuracy(backbone: nn.Module, train, test, size: int, mean, std, k: int 
     labels = train.labels.to(bank.device)
     pred = knn_predict(queries, bank, labels, len(train.classes), k, t).argmax(dim=1)
     return (pred == test.labels.to(pred.device)).float().mean().item()
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+    """{"top1": .., "top5": ..} (0..1); a k not below the number of classes is left out."""
+    out = {}
+    for k in ks:
+        if k == 1 or k < scores.shape[1]:
+            hit = (scores.topk(k, dim=1).indices == labels.view(-1, 1)).any(dim=1)
+            out[f"top{k}"] = hit.float().mean().item()
+    return out
+
+
+def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, float]:
+    return {name: (pred[labels == c] == c).float().mean().item()
+            for c, name in enumerate(classes) if (labels == c).any()}
+
+
+def fingerprint(module: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer: proves a frozen backbone did not move."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def train_linear(features, labels: torch.Tensor, dim: int, num_classes: int, epochs: int = 90,
+                 batch_size: int = 4096, base_lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
+                 seed: int = 0, progress: bool = True) -> nn.Linear:
+    """The paper's linear classifier (App. A / official main_lincls.py): one BN-free linear layer,
+    weights ~ N(0, 0.01), bias 0; LARS (trust 0.001), lr = base_lr x batch/256, cosine per epoch, wd 0.
+
+    `features(idx, epoch)` returns the (frozen) features of the training images `idx`: fixed
+    features for the fast mode, features of freshly augmented crops for the paper's protocol.
+    """
+    from tqdm import tqdm
+
+    from .lars import LARS
+
+    device = labels.device
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    head = nn.Linear(dim, num_classes).to(device)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.01, generator=g)
+        head.bias.zero_()
+    lr = base_lr * batch_size / 256
+    opt = LARS(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    n = labels.shape[0]
+    for epoch in tqdm(range(epochs), desc="linear", unit="epoch", disable=not progress, leave=False):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+        perm = torch.randperm(n, generator=g).to(device)
+        for idx in perm.split(batch_size):
+            loss = F.cross_entropy(head(features(idx, epoch)), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return head
+
+
+def fit_linear_fast(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-4,
+                    max_iter: int = 500) -> nn.Module:
+    """Multinomial logistic regression on fixed features: full-batch L-BFGS on standardised
+    features (a linear map of the features, so still a linear probe). Converges in seconds where
+    LARS with trust 0.001 needs the paper's ~28k steps."""
+    mu, sd = feats.mean(0), feats.std(0).clamp_min(1e-6)
+    head = nn.Linear(feats.shape[1], num_classes).to(feats.device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    x = (feats - mu) / sd
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(head(x), labels) + weight_decay / 2 * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return nn.Sequential(_Standardize(mu, sd), head)
+
+
+class _Standardize(nn.Module):
+    def __init__(self, mu: torch.Tensor, sd: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mu", mu)
+        self.register_buffer("sd", sd)
+
+    def forward(self, x):
+        return (x - self.mu) / self.sd
+
+
+def knn_report(backbone: nn.Module, train, test, size: int, mean, std, k: int = 200, t: float = 0.1) -> dict:
+    """`simsiam eval knn`: top-1, top-5 (when more than 5 classes) and per-class accuracy."""
+    bank = extract_features(backbone, train.images, size, mean, std)
+    queries = extract_features(backbone, test.images, size, mean, std)
+    labels = test.labels.to(bank.device)
+    scores = knn_predict(queries, bank, train.labels.to(bank.device), len(train.classes), k, t)
+    return {"protocol": "knn", "k": k, "t": t, "num_bank": len(train), "num_queries": len(test),
+            **topk_accuracy(scores, labels), "per_class": per_class_accuracy(scores.argmax(1), labels, train.classes)}
+
+
+@torch.no_grad()
+def pooled_features(backbone: nn.Module, images: torch.Tensor, size: int, mean, std, batch_size: int = 512):
+    """Un-normalised pool features (what the linear classifier sees), backbone in eval mode."""
+    device = next(backbone.parameters()).device
+    return torch.cat([backbone(prepare(images[i:i + batch_size].to(device), size, mean, std)).float()
+                      for i in range(0, images.shape[0], batch_size)])
+
+
+def linear_report(backbone: nn.Module, train, test, size: int, mean, std, fast: bool = True, epochs: int = 90,
+                  batch_size: int = 4096, base_lr: float = 0.1, seed: int = 0, progress: bool = True) -> dict:
+    """`simsiam eval linear`: a linear classifier on the frozen backbone's pool features.
+
+    fast: features of the un-augmented images, extracted once, fitted by L-BFGS (`fit_linear_fast`).
+    Otherwise the paper's protocol (`train_linear`): every epoch sees fresh RandomResizedCrop + flip
+    crops through the frozen backbone, LARS (slow on CPU; needs many steps).
+    Raises if the backbone's weights changed (they must not: it is frozen).
+    """
+    from .data.augment import Augment
+    from .errors import TrainingError
+
+    before = fingerprint(backbone)
+    backbone.eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    device = next(backbone.parameters()).device
+    labels = train.labels.to(device)
+    if fast:
+        feats = pooled_features(backbone, train.images, size, mean, std)
+        with torch.enable_grad():
+            head = fit_linear_fast(feats, labels, len(train.classes))
+        optimizer = "L-BFGS, full batch, standardised features, L2 1e-4"
+    else:
+        # official main_lincls.py: RandomResizedCrop(224) (scale 0.08-1) + flip, nothing else
+        crop = Augment(size, crop_scale=(0.08, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0, mean=mean, std=std)
+        gen = torch.Generator(device=device).manual_seed(seed)
+
+        @torch.no_grad()
+        def features(idx, epoch):
+            return backbone(crop(train.images[idx.to(train.images.device)].to(device), gen)).float()
+
+        dim = pooled_features(backbone, train.images[:2], size, mean, std).shape[1]
+        head = train_linear(features, labels, dim, len(train.classes), epochs=epochs,
+                            batch_size=min(batch_size, len(train)), base_lr=base_lr, seed=seed, progress=progress)
+        optimizer = f"LARS (trust 0.001), batch {min(batch_size, len(train))}, base lr {base_lr:g}, cosine, wd 0, {epochs} epochs"
+    with torch.no_grad():
+        scores = head(pooled_features(backbone, test.images, size, mean, std))
+    if fingerprint(backbone) != before:
+        raise TrainingError("the backbone's weights changed during linear evaluation; this is a bug, please report it")
+    test_labels = test.labels.to(device)
+    return {"protocol": "linear-fast" if fast else "linear", "optimizer": optimizer, "backbone_unchanged": True,
+            "num_train": len(train), "num_test": len(test), **topk_accuracy(scores, test_labels),
+            "per_class": per_class_accuracy(scores.argmax(1), test_labels, train.classes)}

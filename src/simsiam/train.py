@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .backbones import build_backbone
 from .config import Config
 from .data import Augment, load_splits
-from .errors import DataError, TrainingError
+from .errors import ConfigError, DataError, TrainingError
 from .evaluate import knn_accuracy
 from .methods import METHODS
 
@@ -116,14 +116,15 @@ def train(cfg: Config) -> dict:
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
     torch.manual_seed(cfg.seed)
-    train_set, test_set = load_splits(cfg)
+    bank_set, test_set = load_splits(cfg)  # kNN bank: the whole train split, even with --subset
+    train_set = bank_set
     if cfg.subset is not None and cfg.subset < len(train_set):
         pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.subset]
         train_set = train_set.select(pick.sort().values)
     if len(train_set) < cfg.batch_size:
         raise DataError(f"--batch-size {cfg.batch_size} is larger than the {len(train_set)} training images; "
                         f"lower --batch-size or use more data")
-    train_set, test_set = train_set.to(device), test_set.to(device)
+    train_set, bank_set, test_set = train_set.to(device), bank_set.to(device), test_set.to(device)
 
     model = build_model(cfg).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -134,7 +135,7 @@ def train(cfg: Config) -> dict:
     z_healthy = 1 / math.sqrt(model.dim)
 
     def knn() -> float:
-        return knn_accuracy(model.backbone, train_set, test_set, cfg.image_size, cfg.mean, cfg.std,
+        return knn_accuracy(model.backbone, bank_set, test_set, cfg.image_size, cfg.mean, cfg.std,
                             cfg.knn_k, cfg.knn_t, channels_last=cfg.channels_last)
 
     start_epoch, train_seconds, knn_random = 0, 0.0, None
@@ -164,6 +165,8 @@ def train(cfg: Config) -> dict:
         f"{cfg.arch} width {cfg.width}, batch {cfg.batch_size}, lr {cfg.scaled_lr:g}, {cfg.epochs} epochs, "
         f"{device}{' bf16' if bf16 else ''} -> {run_dir}")
 
+    writer = _tensorboard(run_dir) if cfg.tensorboard else None
+    low_epochs = 0  # consecutive epochs with z-std under the collapse threshold
     steps_per_epoch = len(train_set) // cfg.batch_size  # drop_last, as the official loader
     total_steps = steps_per_epoch * cfg.epochs
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, unit="step", dynamic_ncols=True,
@@ -194,6 +197,10 @@ def train(cfg: Config) -> dict:
             if (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_epoch:
                 loss_now = _check_finite(out["loss"], epoch, step, cfg)
                 elapsed = time.perf_counter() - t0
+                if writer is not None:
+                    global_step = epoch * steps_per_epoch + step + 1
+                    writer.add_scalar("step/loss", loss_now, global_step)
+                    writer.add_scalar("step/z_std", out["z_std"].item(), global_step)
                 bar.set_postfix(loss=f"{loss_now:.4f}", z_std=f"{out['z_std'].item():.4f}",
                                 img_s=f"{(step + 1) * cfg.batch_size / elapsed:.0f}", refresh=False)
         epoch_seconds = time.perf_counter() - t0
@@ -214,12 +221,27 @@ def train(cfg: Config) -> dict:
                 f"kNN top-1 {100 * last['knn_top1']:.2f}%")
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(last) + "\n")
+        low_epochs = low_epochs + 1 if last["z_std"] < cfg.collapse_fraction * z_healthy else 0
+        if low_epochs == cfg.collapse_patience:
+            log(f"warning: looks collapsed: z-std {last['z_std']:.4f} has been under {cfg.collapse_fraction:g} x "
+                f"1/sqrt(d) = {cfg.collapse_fraction * z_healthy:.4f} for {low_epochs} epochs (loss {last['loss']:.3f}). "
+                "Likely causes: no stop-gradient or no predictor (the paper's collapse cases), an lr too high, "
+                "or BN removed from the heads.")
+        if writer is not None:
+            for key, value in last.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    writer.add_scalar(f"epoch/{key}", value, epoch + 1)
+            for name, value in last["lr_groups"].items():
+                writer.add_scalar(f"lr/{name}", value, epoch + 1)
+            writer.flush()
         save_checkpoint(ckpt_path, {
             "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "generator": gen.get_state(), "train_seconds": train_seconds, "knn_random_init": knn_random,
             "config": cfg.to_dict(),
         })
     bar.close()
+    if writer is not None:
+        writer.close()
 
     if not last:  # resumed a finished run: nothing trained, report the stored numbers
         last = _last_metrics(run_dir)
@@ -238,6 +260,14 @@ def train(cfg: Config) -> dict:
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, cfg: Config) -> float:

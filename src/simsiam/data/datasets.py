@@ -90,7 +90,7 @@ def read_image_folder(root: str, size: int, classes: list[str] | None = None) ->
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS[:4])}, ...) found under {root}; check --data-dir")
     paths = [p for p, _ in samples]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        arrays = list(pool.map(lambda p: _decode(p, size), paths))
+        arrays = list(pool.map(lambda p: decode_image(p, size), paths))
     bad = [p for p, a in zip(paths, arrays) if a is None]
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {root}, e.g. {', '.join(bad[:3])}", stacklevel=2)
@@ -102,7 +102,7 @@ def read_image_folder(root: str, size: int, classes: list[str] | None = None) ->
     return ImageSet(images, labels, found)
 
 
-def _decode(path: str, size: int) -> np.ndarray | None:
+def decode_image(path: str, size: int) -> np.ndarray | None:
     """RGB uint8 (size, size, 3): shorter side resized to `size`, then centre-cropped."""
     try:
         with Image.open(path) as im:
@@ -113,6 +113,6 @@ def _decode(path: str, size: int) -> np.ndarray | None:
                 im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
                 left, top = (im.width - size) // 2, (im.height - size) // 2
                 im = im.crop((left, top, left + size, top + size))
-            return np.asarray(im, dtype=np.uint8)
+            return np.array(im, dtype=np.uint8)  # a writable copy
     except (OSError, ValueError, Image.DecompressionBombError):
         return None

@@ -1,0 +1,127 @@
+"""Taking the backbone away: torchvision-compatible weights and embeddings of a folder of images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from .data.augment import prepare
+from .data.datasets import decode_image
+from .errors import DataError
+from .runs import load_backbone
+
+
+def export_backbone(source, out) -> tuple[Path, Path]:
+    """Write the backbone as safetensors (`out`) and as a plain state_dict (`out` with .pth).
+
+    Keys are torchvision's (`conv1.weight`, `layer1.0.bn1.running_mean`, ...), so at width 1
+    `torchvision.models.resnetXX()` loads them with strict=False, only fc.weight/fc.bias missing.
+    The CIFAR stem (3x3 conv1, no max-pool) must be built by the user: the metadata says so.
+    """
+    from safetensors.torch import save_file
+
+    backbone, cfg = load_backbone(source)
+    state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "arch": cfg.arch, "width": str(cfg.width), "cifar_stem": str(cfg.cifar_stem).lower(),
+        "feature_dim": str(_feature_dim(backbone, cfg)), "image_size": str(cfg.image_size),
+        "mean": json.dumps(list(cfg.mean)), "std": json.dumps(list(cfg.std)),
+        "torchvision_loadable": str(cfg.width == 1.0).lower(),
+        "howto": _howto(cfg),
+    }
+    save_file(state, str(out), metadata=meta)
+    pth = out.with_suffix(".pth")
+    torch.save(state, pth)
+    return out, pth
+
+
+def _feature_dim(backbone, cfg) -> int:
+    with torch.no_grad():
+        return backbone(torch.zeros(2, 3, cfg.image_size, cfg.image_size)).shape[1]
+
+
+def _howto(cfg) -> str:
+    if cfg.width != 1.0:
+        return (f"width {cfg.width}: build it with simsiam.build_backbone('{cfg.arch}', cifar_stem={cfg.cifar_stem}, "
+                f"width={cfg.width})[0]; torchvision's standard ResNets have other channel counts")
+    how = f"m = torchvision.models.{cfg.arch}(); m.load_state_dict(sd, strict=False)  # only fc.* missing"
+    if cfg.cifar_stem:
+        how = (f"m = torchvision.models.{cfg.arch}(); m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False); "
+               "m.maxpool = nn.Identity(); m.load_state_dict(sd, strict=False)  # CIFAR stem; only fc.* missing")
+    return how
+
+
+def list_images(root) -> list[str]:
+    """Every image file under root (any depth), sorted, so the CSV order is stable."""
+    root = str(root)
+    if not os.path.isdir(root):
+        raise DataError(f"{root} does not exist; give --data-dir a folder of images")
+    exts = tuple(e.lower() for e in IMG_EXTENSIONS)
+    paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.lower().endswith(exts))
+    if not paths:
+        raise DataError(f"no image files ({', '.join(IMG_EXTENSIONS[:4])}, ...) under {root}")
+    return paths
+
+
+@torch.no_grad()
+def embed_folder(source, data_dir, out, batch_size: int = 256, projector: bool = False,
+                 device: str = "cpu", progress: bool = True) -> dict:
+    """Backbone features (N, D) of every image under data_dir to `out` (.npy) and the image paths,
+    in the same order, to `out` with .csv. With projector=True also z = projector(features) to
+    `out` with suffix `.projector.npy` (needs a run directory with checkpoint.pt)."""
+    from tqdm import tqdm
+
+    backbone, cfg = load_backbone(source, device)
+    proj = _load_projector(source, cfg, device) if projector else None
+    paths = list_images(data_dir)
+    feats, zs, kept, bad = [], [], [], []
+    for i in tqdm(range(0, len(paths), batch_size), desc="embed", unit="batch", disable=not progress):
+        chunk = paths[i:i + batch_size]
+        arrays = [decode_image(p, cfg.image_size) for p in chunk]
+        bad += [p for p, a in zip(chunk, arrays) if a is None]
+        good = [(p, a) for p, a in zip(chunk, arrays) if a is not None]
+        if not good:
+            continue
+        x = torch.from_numpy(np.stack([a for _, a in good])).permute(0, 3, 1, 2).to(device)
+        f = backbone(prepare(x, cfg.image_size, cfg.mean, cfg.std)).float()
+        feats.append(f.cpu())
+        if proj is not None:
+            zs.append(proj(f).float().cpu())
+        kept += [p for p, _ in good]
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s), e.g. {', '.join(bad[:3])}", stacklevel=2)
+    if not kept:
+        raise DataError(f"none of the {len(paths)} image files under {data_dir} could be read")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, torch.cat(feats).numpy())
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "path"])
+        w.writerows(enumerate(kept))
+    result = {"features": str(out), "paths": str(out.with_suffix(".csv")), "num_images": len(kept),
+              "num_skipped": len(bad), "dim": int(feats[0].shape[1])}
+    if proj is not None:
+        np.save(out.with_suffix(".projector.npy"), torch.cat(zs).numpy())
+        result["projector"] = str(out.with_suffix(".projector.npy"))
+    return result
+
+
+def _load_projector(source, cfg, device):
+    ckpt = Path(source) / "checkpoint.pt"
+    if not ckpt.exists():
+        raise DataError(f"--projector needs a run directory with checkpoint.pt; {source} has none")
+    from .train import build_model
+
+    model = build_model(cfg)
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+    return model.projector.to(device).eval()

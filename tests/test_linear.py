@@ -1,0 +1,53 @@
+import torch
+import torch.nn as nn
+
+from simsiam.data import ImageSet
+from simsiam.evaluate import fingerprint, fit_linear_fast, linear_report, topk_accuracy, train_linear
+from simsiam.lars import LARS
+
+
+def test_lars_step_matches_formula():
+    w = nn.Parameter(torch.tensor([[3.0, 4.0]]))  # ||w|| = 5
+    w.grad = torch.tensor([[0.0, 2.0]])  # ||g|| = 2
+    opt = LARS([w], lr=0.5, momentum=0.9, weight_decay=0.1, eta=0.001)
+    opt.step()
+    local = 0.001 * 5 / (2 + 0.1 * 5)
+    expected = torch.tensor([[3.0, 4.0]]) - 0.5 * local * (torch.tensor([[0.0, 2.0]]) + 0.1 * torch.tensor([[3.0, 4.0]]))
+    torch.testing.assert_close(w.detach(), expected)
+
+
+def test_linear_classifier_separates_separable_features():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(5, 32, generator=g) * 3
+    y = torch.randint(0, 5, (1000,), generator=g)
+    x = centers[y] + 0.3 * torch.randn(1000, 32, generator=g)
+    head = train_linear(lambda idx, epoch: x[idx], y, 32, 5, epochs=30, batch_size=256, progress=False)
+    assert (head(x[:200]).argmax(1) == y[:200]).float().mean() > 0.99
+    scores = head(x)
+    acc = topk_accuracy(scores, y, ks=(1, 5))
+    assert acc["top1"] > 0.99 and "top5" not in acc  # top-5 of 5 classes is meaningless
+    fast = fit_linear_fast(x[:800], y[:800], 5)
+    assert (fast(x[800:]).argmax(1) == y[800:]).float().mean() > 0.99
+
+
+def tiny_backbone():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def test_linear_eval_leaves_the_backbone_bitwise_unchanged():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 2, (64,), generator=g)
+    images = torch.randint(0, 60, (64, 3, 12, 12), dtype=torch.uint8, generator=g)
+    images[labels == 1, 0] += 150  # class 1 is red
+    data = ImageSet(images, labels, ["a", "b"])
+    for fast in (True, False):
+        backbone = tiny_backbone()
+        state = {k: v.clone() for k, v in backbone.state_dict().items()}
+        before = fingerprint(backbone)
+        res = linear_report(backbone, data, data, 12, (0.5,) * 3, (0.5,) * 3, fast=fast, epochs=5, batch_size=32,
+                            progress=False)
+        assert res["backbone_unchanged"] and fingerprint(backbone) == before
+        for k, v in backbone.state_dict().items():
+            assert torch.equal(v, state[k]), k  # BN running stats too: eval mode throughout
+        assert 0 <= res["top1"] <= 1 and set(res["per_class"]) == {"a", "b"}

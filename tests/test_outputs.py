@@ -1,0 +1,125 @@
+"""eval knn / eval linear / export / embed from a run directory, and the official checkpoint format."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from conftest import make_folder
+
+from simsiam import build_backbone, from_preset, train
+from simsiam.cli import main
+from simsiam.runs import load_backbone
+
+TINY = dict(width=0.125, dim=64, pred_dim=16, proj_hidden=64, knn_every=0, knn_random_init=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "digits"
+    summary = train(from_preset("digits", subset=256, batch_size=64, epochs=1, run_dir=str(run_dir), **TINY))
+    return run_dir, summary
+
+
+def test_eval_knn_matches_the_training_monitor(run, capsys):
+    run_dir, summary = run
+    assert main(["eval", "knn", str(run_dir)]) == 0
+    res = json.loads((run_dir / "eval_knn.json").read_text())
+    assert res["top1"] == pytest.approx(summary["knn_top1"], abs=0.006)  # same backbone, same data, same k/T
+    assert 0 <= res["top1"] <= res["top5"] <= 1 and len(res["per_class"]) == 10
+    assert res["k"] == 200 and res["num_queries"] == summary["num_test"]
+    assert "knn top-1" in capsys.readouterr().out
+
+
+def test_eval_linear_fast(run):
+    run_dir, _ = run
+    out = run_dir / "lin.json"
+    assert main(["eval", "linear", str(run_dir), "--fast", "--epochs", "20", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["protocol"] == "linear-fast" and res["backbone_unchanged"]
+    assert res["top1"] > 0.3  # 10 classes: far above chance even for a 1-epoch backbone
+
+
+def test_eval_on_another_folder_and_checkpoint_file(run, tmp_path):
+    run_dir, _ = run
+    data = make_folder(tmp_path / "photos", n=12)
+    assert main(["eval", "knn", str(run_dir / "checkpoint.pt"), "--data-dir", str(data), "--k", "5"]) == 0
+    res = json.loads((run_dir / "checkpoint.eval_knn.json").read_text())
+    assert res["dataset"] == "folder" and res["num_bank"] + res["num_queries"] == 24 and "top5" not in res
+
+
+def test_export_loads_into_torchvision_with_same_features(tmp_path):
+    run_dir = tmp_path / "wide"
+    train(from_preset("digits", subset=64, batch_size=32, epochs=1, run_dir=str(run_dir),
+                      **{**TINY, "width": 1.0}))
+    out = tmp_path / "export" / "backbone.safetensors"
+    assert main(["export", str(run_dir), "--out", str(out)]) == 0
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["arch"] == "resnet18" and meta["cifar_stem"] == "true" and meta["torchvision_loadable"] == "true"
+    for sd in (load_file(str(out)), torch.load(out.with_suffix(".pth"))):
+        tv = torchvision.models.resnet18()
+        tv.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the CIFAR stem, as the metadata says
+        tv.maxpool = torch.nn.Identity()
+        res = tv.load_state_dict(sd, strict=False)
+        assert sorted(res.missing_keys) == ["fc.bias", "fc.weight"] and not res.unexpected_keys
+        tv.fc = torch.nn.Identity()
+        ours, _ = load_backbone(run_dir)
+        x = torch.randn(4, 3, 16, 16)
+        with torch.no_grad():
+            assert (tv.eval()(x) - ours(x)).abs().max() < 1e-5
+
+
+def official_checkpoint(path, arch="resnet18"):
+    """A file in facebookresearch/simsiam's format: encoder = ResNet with fc = projector."""
+    torch.manual_seed(0)
+    backbone, dim = build_backbone(arch)
+    sd = {f"module.encoder.{k}": v for k, v in backbone.state_dict().items()}
+    sd.update({"module.encoder.fc.0.weight": torch.randn(dim, dim), "module.encoder.fc.6.bias": torch.zeros(dim),
+               "module.predictor.0.weight": torch.randn(128, dim)})
+    torch.save({"epoch": 100, "arch": arch, "state_dict": sd, "optimizer": {}}, path)
+    return backbone
+
+
+def test_official_checkpoint_loads_and_evaluates(tmp_path, capsys):
+    ckpt = tmp_path / "checkpoint_0099.pth.tar"
+    ref = official_checkpoint(ckpt)
+    backbone, cfg = load_backbone(ckpt)
+    assert cfg.arch == "resnet18" and not cfg.cifar_stem
+    for k, v in ref.state_dict().items():
+        assert torch.equal(backbone.state_dict()[k], v), k
+    data = make_folder(tmp_path / "photos", n=10, size=40)
+    assert main(["eval", "knn", str(ckpt), "--data-dir", str(data), "--k", "3"]) == 0
+    assert json.loads((tmp_path / "checkpoint_0099.pth.eval_knn.json").read_text())["num_bank"] == 16
+    # without --data-dir the format does not say what data it saw: a one-line error
+    assert main(["eval", "knn", str(ckpt)]) == 2
+    assert "give --data-dir" in capsys.readouterr().err
+
+
+def test_embed_writes_features_and_paths(run, tmp_path):
+    run_dir, _ = run
+    data = make_folder(tmp_path / "photos", n=5)
+    (data / "red" / "nested").mkdir()
+    (data / "red" / "nested" / "bad.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "emb.npy"
+    assert main(["embed", str(run_dir), "--data-dir", str(data), "--out", str(out), "--projector",
+                 "--batch-size", "4"]) == 0
+    feats = np.load(out)
+    rows = list(csv.DictReader(open(tmp_path / "emb.csv")))
+    assert feats.shape == (10, 64) and np.isfinite(feats).all()  # width 1/8 ResNet-18: 64-d pool features
+    assert len(rows) == 10 and all("bad.jpg" not in r["path"] for r in rows)
+    assert rows == sorted(rows, key=lambda r: r["path"])
+    assert np.load(tmp_path / "emb.projector.npy").shape == (10, 64)
+    # the same image gives the same feature as the library's own extraction path
+    backbone, cfg = load_backbone(run_dir)
+    from simsiam.data.augment import prepare
+    from simsiam.data.datasets import decode_image
+    x = torch.from_numpy(decode_image(rows[0]["path"], cfg.image_size)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        np.testing.assert_allclose(backbone(prepare(x, cfg.image_size, cfg.mean, cfg.std)).numpy()[0], feats[0],
+                                   rtol=1e-4, atol=1e-5)

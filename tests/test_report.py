@@ -1,0 +1,84 @@
+"""The run report on a real tiny digits run: every PNG written and sane, the page's numbers match
+summary.json, and unfinished runs are reported rather than crashing."""
+
+import json
+import shutil
+import struct
+
+import pytest
+
+from simsiam import DataError, from_preset, train
+from simsiam.report import write_report
+
+PLOTS = ["loss.png", "z_std.png", "knn.png", "lr.png", "retrieval.png", "embedding.png"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-epoch digits run (about 15 s on 2 CPU cores) with kNN measured every epoch."""
+    run_dir = tmp_path_factory.mktemp("report") / "run"
+    train(from_preset("digits", width=0.125, subset=256, batch_size=64, epochs=2, knn_every=1, dim=64,
+                      pred_dim=16, proj_hidden=64, device="cpu", run_dir=str(run_dir)))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def page(run):
+    return write_report(run)
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, after checking the PNG signature."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    assert head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_every_plot_is_a_sensible_png(page):
+    assert page == page.parent / "summary.md" and page.parent.name == "report"
+    for name in PLOTS:
+        width, height = png_size(page.parent / name)
+        assert 300 <= width < 5000 and 200 <= height < 5000, (name, width, height)
+
+
+def test_summary_has_the_runs_numbers_and_links_every_plot(run, page):
+    s = json.loads((run / "summary.json").read_text())
+    text = page.read_text()
+    assert f"{100 * s['knn_top1']:.2f}%" in text
+    assert f"random init {100 * s['knn_top1_random_init']:.2f}%" in text
+    gain = 100 * (s["knn_top1"] - s["knn_top1_random_init"])
+    assert f"({gain:+.2f} points)" in text
+    assert f"{s['z_std_healthy']:.4f}" in text and f"{s['loss']:.4f}" in text
+    assert "| method | simsiam |" in text and "| dataset | digits |" in text
+    for name in PLOTS:
+        assert f"]({name})" in text, name
+    assert "Unfinished run" not in text
+
+
+def test_run_dir_without_metrics_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no metrics.jsonl; train first"):
+        write_report(tmp_path)
+
+
+def test_unfinished_run_without_knn_still_gets_curves(run, tmp_path):
+    # As after an epoch of a run with knn_every > 1: metrics and config only, no kNN yet,
+    # no summary.json, no backbone.
+    shutil.copy(run / "config.json", tmp_path / "config.json")
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for r in rows[:1]:
+            r.pop("knn_top1", None)
+            f.write(json.dumps(r) + "\n")
+        f.write('{"epoch": 2, "lo')  # torn line: the run is writing it right now
+
+    page = write_report(tmp_path)
+    made = {p.name for p in page.parent.glob("*.png")}
+    assert made == {"loss.png", "z_std.png", "lr.png"}
+    for name in made:
+        png_size(page.parent / name)
+    text = page.read_text()
+    assert "Unfinished run" in text and "1 of 2" in text
+    assert "- kNN top-1: not measured yet" in text and "## Not in this report" in text
+    assert "retrieval and embedding map:" in text and "backbone.pt" in text
+    assert "knn.png" not in text and "retrieval.png" not in text
