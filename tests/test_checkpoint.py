@@ -30,6 +30,6 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     from simsiam import from_preset, train
 
     cfg = from_preset("digits", width=0.125, subset=128, batch_size=32, epochs=2, lr=1e30, log_every=1,
-                      knn_random_init=False, run_dir=str(tmp_path / "run"))
+                      knn_random_init=False, report=False, run_dir=str(tmp_path / "run"))
     with pytest.raises(TrainingError, match=r"loss is nan.*lower --lr"):
         train(cfg)

@@ -69,6 +69,7 @@ def test_short_default_run_writes_summary_and_files(tmp_path):
     metrics = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1] and "lr_groups" in metrics[0]
     assert (run_dir / "checkpoint.pt").exists() and (run_dir / "backbone.pt").exists()
+    assert (run_dir / "report" / "summary.md").exists() and (run_dir / "report" / "retrieval.png").exists()
     # the same run directory again without --resume refuses, naming the fix
     again = run_cli("train", "--epochs", "1", "--run-dir", str(run_dir))
     assert_one_line_error(again, "--resume")
@@ -80,7 +81,7 @@ def test_data_dir_alone_trains_on_a_folder_and_skips_bad_files(tmp_path):
     (data / "blue" / "empty.png").write_bytes(b"")
     run_dir = tmp_path / "run"
     res = run_cli("train", "--data-dir", str(data), "--image-size", "16", "--width", "0.125", "--epochs", "1",
-                  "--batch-size", "16", "--dim", "64", "--pred-dim", "16", "--proj-hidden", "64",
+                  "--batch-size", "16", "--dim", "64", "--pred-dim", "16", "--proj-hidden", "64", "--no-report",
                   "--run-dir", str(run_dir))
     assert res.returncode == 0, res.stderr
     assert "skipped 2 unreadable image(s)" in res.stderr and "broken.jpg" in res.stderr

@@ -18,7 +18,7 @@ train_mod = importlib.import_module("simsiam.train")  # the package re-exports t
 
 # 1000 train / 200 test images, width-1/8 CIFAR ResNet-18, small heads.
 SMALL = dict(width=0.125, dim=256, pred_dim=64, proj_hidden=256, batch_size=64, knn_every=0,
-             knn_random_init=False, log_every=5)
+             knn_random_init=False, log_every=5, report=False)
 
 
 def small_cfg(data_dir, run_dir, **kw):

@@ -13,7 +13,7 @@ from simsiam import build_backbone, from_preset, train
 from simsiam.cli import main
 from simsiam.runs import load_backbone
 
-TINY = dict(width=0.125, dim=64, pred_dim=16, proj_hidden=64, knn_every=0, knn_random_init=False)
+TINY = dict(width=0.125, dim=64, pred_dim=16, proj_hidden=64, knn_every=0, knn_random_init=False, report=False)
 
 
 @pytest.fixture(scope="module")

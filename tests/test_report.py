@@ -18,7 +18,7 @@ def run(tmp_path_factory):
     """A 2-epoch digits run (about 15 s on 2 CPU cores) with kNN measured every epoch."""
     run_dir = tmp_path_factory.mktemp("report") / "run"
     train(from_preset("digits", width=0.125, subset=256, batch_size=64, epochs=2, knn_every=1, dim=64,
-                      pred_dim=16, proj_hidden=64, device="cpu", run_dir=str(run_dir)))
+                      pred_dim=16, proj_hidden=64, device="cpu", report=False, run_dir=str(run_dir)))
     return run_dir
 
 
@@ -71,6 +71,9 @@ def test_unfinished_run_without_knn_still_gets_curves(run, tmp_path):
             r.pop("knn_top1", None)
             f.write(json.dumps(r) + "\n")
         f.write('{"epoch": 2, "lo')  # torn line: the run is writing it right now
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "knn.png").write_bytes(b"stale")  # from an earlier report: must go
 
     page = write_report(tmp_path)
     made = {p.name for p in page.parent.glob("*.png")}

@@ -11,6 +11,8 @@ from .errors import ConfigError, DataError, SimSiamError, TrainingError
 from .evaluate import extract_features, knn_accuracy, knn_predict
 from .methods import METHODS
 from .methods.simsiam import SimSiam, negative_cosine, z_std
+from .report import write_report
+from .runs import load_backbone
 from .train import build_model, train
 
 __version__ = "0.1.0"
@@ -18,5 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Augment", "Config", "ConfigError", "DataError", "ImageSet", "METHODS", "PRESETS", "SimSiam",
     "SimSiamError", "TrainingError", "build_backbone", "build_model", "extract_features", "from_preset",
-    "knn_accuracy", "knn_predict", "load_splits", "negative_cosine", "train", "z_std",
+    "knn_accuracy", "knn_predict", "load_backbone", "load_splits", "negative_cosine", "train", "write_report",
+    "z_std",
 ]

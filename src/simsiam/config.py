@@ -65,6 +65,7 @@ class Config:
     collapse_patience: int = _opt(3, "warn 'looks collapsed' after this many epochs in a row under the threshold")
     tensorboard: bool = _opt(False, "also log every scalar to RUN_DIR/tensorboard (needs the tensorboard package)")
     collapse_fraction: float = _opt(0.5, "call the run collapsed when z-std ends under this fraction of 1/sqrt(d) (healthy runs sit near 1.0)")
+    report: bool = _opt(True, "write RUN_DIR/report/ at the end: plots, a retrieval grid, a t-SNE map, summary.md")
     # --- execution
     run_dir: str | None = _opt(None, "where everything of the run goes (default runs/<dataset>-<time>)")
     seed: int = _opt(0, "random seed (data order, augmentation, initialisation)")

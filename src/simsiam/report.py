@@ -24,10 +24,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .config import Config, load_json
+from .data import load_splits
 from .errors import ConfigError, DataError
+from .evaluate import extract_features
+from .runs import load_backbone, read_metrics
+from .train import resolve_device
 
 DPI = 110
 PLOT_SIZE = (6, 4)  # inches: 660 x 440 px at DPI
+FIGURES = ("loss.png", "z_std.png", "knn.png", "lr.png", "retrieval.png", "embedding.png")
 SEED = 0  # picks the retrieval queries and the embedded points; fixed so reports are comparable
 MAX_LEGEND = 20  # more classes than this: colours only, a legend would hide the map
 SAME, OTHER, QUERY = "#1a9641", "#d7191c", "#2b83ba"  # green / red / blue frames in the retrieval grid
@@ -51,6 +56,8 @@ def write_report(run_dir: str | Path, *, retrieval: bool = True, embedding_map: 
     cfg = load_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
+    for name in FIGURES:  # a plot from an earlier report must not pass for this one's
+        (out / name).unlink(missing_ok=True)
 
     figures: list[tuple[str, str, str]] = []  # (file name, heading, caption), in page order
     notes: list[str] = []  # what was skipped and why
@@ -70,9 +77,10 @@ def write_report(run_dir: str | Path, *, retrieval: bool = True, embedding_map: 
 
     if retrieval or embedding_map:
         try:
-            train_set, test_set, train_feats, test_feats = _features(run_dir, _device(device))
+            train_set, test_set, train_feats, test_feats = _features(run_dir, resolve_device(device))
         except DataError as e:  # no backbone yet, data folder moved, ...
-            notes.append(f"retrieval and embedding map: {e}")
+            wanted = ["retrieval"] * retrieval + ["embedding map"] * embedding_map
+            notes.append(f"{' and '.join(wanted)}: {e}")
         else:
             if retrieval:
                 if len(train_set.classes) < 2:
@@ -94,18 +102,13 @@ def write_report(run_dir: str | Path, *, retrieval: bool = True, embedding_map: 
 # --- reading the run ---------------------------------------------------------------------------
 
 def _read_metrics(run_dir: Path) -> list[dict]:
-    """Like runs.read_metrics, but a missing file is an error and a torn last line (the run is
-    writing it right now) is dropped instead of failing the report."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    """runs.read_metrics, but a missing or empty file is an error naming the fix."""
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir} is not a directory; give the run directory of `simsiam train`")
+    if not (run_dir / "metrics.jsonl").exists():
         raise DataError(f"{run_dir} has no metrics.jsonl; train first (`simsiam train --run-dir {run_dir}`) "
                         "or give the directory of a run")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    rows = read_metrics(run_dir)
     if not rows:
         raise DataError(f"{run_dir}/metrics.jsonl is empty; wait until the run's first epoch has finished")
     return rows
@@ -118,34 +121,15 @@ def _read_json(path: Path) -> dict | None:
         return None  # unfinished run: the page says so
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _features(run_dir: Path, device: torch.device):
     """(train set, test set, train features, test features) as the kNN monitor saw them."""
-    from .data import load_splits
-    from .evaluate import extract_features
-    from .runs import load_backbone
-
     backbone, cfg = load_backbone(run_dir, device)
-    train_set, test_set = load_splits(cfg)
-    train_set = _training_subset(train_set, cfg)
+    train_set, test_set = load_splits(cfg)  # the whole train split is the bank, as in training
 
-    def feats(images: torch.Tensor) -> torch.Tensor:
-        return extract_features(backbone, images.to(device), cfg.image_size, cfg.mean, cfg.std).cpu()
+    def feats(images: torch.Tensor) -> torch.Tensor:  # moved to the device batch by batch
+        return extract_features(backbone, images, cfg.image_size, cfg.mean, cfg.std).cpu()
 
     return train_set, test_set, feats(train_set.images), feats(test_set.images)
-
-
-def _training_subset(train_set, cfg: Config):
-    """The same --subset pick as train.py, so the neighbours come from the bank the run trained on."""
-    if cfg.subset is None or cfg.subset >= len(train_set):
-        return train_set
-    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.subset]
-    return train_set.select(pick.sort().values)
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -170,7 +154,7 @@ def _curve_axes(fig: Figure, title: str, ylabel: str):
     ax.set_title(title)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.grid(alpha=0.3)
     return ax
 
@@ -207,7 +191,7 @@ def plot_z_std(metrics: list[dict], cfg: Config | None) -> Figure | None:
             ax.axhline(cut, color="C3", linestyle=":",
                        label=f"collapse threshold {cfg.collapse_fraction:g} x 1/sqrt(d)")
     ax.set_ylim(0, 1.15 * top)  # from 0: how far from collapse matters more than the wiggles
-    ax.legend(loc="lower left")
+    ax.legend(loc="best")
     fig.tight_layout()
     return fig
 
@@ -222,9 +206,10 @@ def plot_knn(metrics: list[dict], random_init: float | None) -> Figure | None:
     if random_init is not None:
         ax.axhline(100 * random_init, color="C7", linestyle="--",
                    label=f"random init ({100 * random_init:.2f}%)")
+    ax.margins(y=0.15)  # room for the legend above / below the random-init line
     last = max(m["epoch"] for m in metrics)
     ax.set_xlim(0, last + max(0.3, 0.03 * last))  # from 0: the random-init line is the epoch-0 value
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     fig.tight_layout()
     return fig
 
@@ -357,7 +342,7 @@ def _markdown(run_dir: Path, metrics: list[dict], summary: dict | None, cfg: Con
               f"| epochs | {h['epochs_done']} of {h['epochs']} |",
               f"| training time | {_duration(h['train_seconds'])} |",
               f"| throughput | {h['images_per_second']:.0f} images/s |",
-              f"| kNN top-1 | {_knn_text(h['knn_top1'], h['knn_top1_random_init'])} |",
+              f"| kNN top-1 | {_knn_text(h['knn_top1'], h['knn_top1_random_init'], h['knn_epoch'])} |",
               f"| final loss | {h['loss']:.4f} |",
               f"| z-std | {_zstd_text(h['z_std'], h['z_std_healthy'])} |",
               f"| collapsed | {_yes_no(h['collapsed'])} |", ""]
@@ -379,6 +364,7 @@ def _headline(metrics: list[dict], summary: dict | None, cfg: Config | None) -> 
         "train_seconds": sum(m.get("epoch_seconds", 0.0) for m in metrics),
         "images_per_second": last.get("images_per_second", float("nan")),
         "knn_top1": knn_rows[-1]["knn_top1"] if knn_rows else None, "knn_top1_random_init": None,
+        "knn_epoch": knn_rows[-1]["epoch"] if knn_rows else None,  # shown while the run is unfinished
         "loss": last.get("loss", float("nan")), "z_std": last.get("z_std"),
         "z_std_healthy": last.get("z_std_healthy"), "collapsed": None,
     }
@@ -386,14 +372,14 @@ def _headline(metrics: list[dict], summary: dict | None, cfg: Config | None) -> 
         h["collapsed"] = h["z_std"] < cfg.collapse_fraction * h["z_std_healthy"]
     if summary is not None:
         h.update({k: v for k, v in summary.items() if k in h})
-        h["epochs_done"] = last["epoch"]
+        h["epochs_done"], h["knn_epoch"] = last["epoch"], None
     return h
 
 
-def _knn_text(knn: float | None, random_init: float | None) -> str:
+def _knn_text(knn: float | None, random_init: float | None, epoch: int | None = None) -> str:
     if knn is None:
         return "not measured yet"
-    text = f"{100 * knn:.2f}%"
+    text = f"{100 * knn:.2f}%" + (f" (epoch {epoch})" if epoch is not None else "")
     if random_init is not None:
         text += f" vs random init {100 * random_init:.2f}% ({100 * (knn - random_init):+.2f} points)"
     return text

@@ -22,9 +22,10 @@ from tqdm import tqdm
 from .backbones import build_backbone
 from .config import Config
 from .data import Augment, load_splits
-from .errors import ConfigError, DataError, TrainingError
+from .errors import ConfigError, DataError, SimSiamError, TrainingError
 from .evaluate import knn_accuracy
 from .methods import METHODS
+from .runs import read_metrics
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -244,7 +245,7 @@ def train(cfg: Config) -> dict:
         writer.close()
 
     if not last:  # resumed a finished run: nothing trained, report the stored numbers
-        last = _last_metrics(run_dir)
+        last = read_metrics(run_dir)[-1]
         last.setdefault("knn_top1", knn())
     torch.save(model.backbone.state_dict(), run_dir / "backbone.pt")
     summary = {
@@ -259,6 +260,13 @@ def train(cfg: Config) -> dict:
         "device": str(device), "precision": "bf16" if bf16 else "fp32", "run_dir": str(run_dir),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if cfg.report:
+        from .report import write_report
+
+        try:
+            log(f"report: {write_report(run_dir, device=str(device))}")
+        except SimSiamError as e:  # the run itself is complete; a failed plot must not hide that
+            log(f"warning: no report written ({e}); try `simsiam report {run_dir}`")
     return summary
 
 
@@ -277,8 +285,3 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int, cfg: Config) -> flo
         raise TrainingError(f"loss is {value} at epoch {epoch + 1}, step {step + 1}; lower --lr (now {cfg.lr:g}) "
                             f"or check the data; {kept}")
     return value
-
-
-def _last_metrics(run_dir: Path) -> dict:
-    lines = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    return json.loads(lines[-1])
