@@ -90,7 +90,15 @@ def test_data_dir_alone_trains_on_a_folder_and_skips_bad_files(tmp_path):
     assert s["num_train"] + s["num_test"] == 48  # the two bad files are not counted
 
 
-def test_flat_folder_without_classes_is_a_one_line_error(tmp_path):
+def test_flat_folder_trains_without_labels_and_eval_says_it_needs_them(tmp_path):
     make_folder(tmp_path / "x")
-    flat = tmp_path / "x" / "red"
-    assert_one_line_error(run_cli("train", "--data-dir", str(flat)), "no class sub-folders", str(flat))
+    flat = tmp_path / "x" / "red"  # 24 images, no class sub-folders
+    run_dir = tmp_path / "run"
+    res = run_cli("train", "--data-dir", str(flat), "--image-size", "16", "--width", "0.125", "--epochs", "1",
+                  "--batch-size", "8", "--dim", "32", "--pred-dim", "8", "--proj-hidden", "32", "--no-report",
+                  "--run-dir", str(run_dir))
+    assert res.returncode == 0, res.stderr
+    assert "kNN monitoring is off" in res.stdout
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["knn_top1"] is None and s["num_train"] > 0
+    assert_one_line_error(run_cli("eval", "knn", str(run_dir)), "needs labelled images")

@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 
 from .config import DEFAULT_PRESET, PRESETS, Config, from_preset
-from .errors import ConfigError, SimSiamError
+from .errors import ConfigError, DataError, SimSiamError
 
 _HIDDEN = {"preset", "resume"}  # set by --preset / --resume, which get their own help
 
@@ -109,7 +109,7 @@ def _add_source_and_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="RUN_DIR|CHECKPOINT",
                    help="a run directory, one of its checkpoint.pt, or an official SimSiam checkpoint")
     p.add_argument("--data-dir", help="evaluate on this ImageFolder tree (default: the run's own data)")
-    p.add_argument("--dataset", choices=["digits", "folder"], help="evaluate on this dataset (default: the run's)")
+    p.add_argument("--dataset", choices=["digits", "folder", "cifar10", "cifar100", "stl10"], help="evaluate on this dataset (default: the run's)")
     p.add_argument("--out", metavar="FILE.json", help="where the result goes (default: beside the source)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
@@ -163,7 +163,10 @@ def _evaluate(args) -> None:
     device = resolve_device(args.device)
     backbone, cfg = load_backbone(args.source, device)
     cfg = _eval_config(cfg, args)
-    train_set, test_set = load_splits(cfg)
+    train_set, test_set = (split.labeled() for split in load_splits(cfg))
+    if len(train_set) == 0 or len(test_set) == 0:
+        raise DataError(f"evaluation needs labelled images and {cfg.data_dir or cfg.dataset} has none; "
+                        "give --data-dir a folder with class sub-folders")
     common = dict(size=cfg.image_size, mean=cfg.mean, std=cfg.std)
     if args.protocol == "knn":
         res = knn_report(backbone, train_set, test_set, k=args.k, t=args.t, **common)
@@ -226,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _describe(s: dict) -> str:
     lines = [f"done in {s['train_seconds']:.0f} s ({s['images_per_second']:.0f} images/s); run in {s['run_dir']}"]
-    knn = f"kNN top-1 ({s['num_test']} test images): trained {100 * s['knn_top1']:.2f}%"
-    if s.get("knn_top1_random_init") is not None:
+    if s["knn_top1"] is None:
+        knn = "kNN: not measured (the data has no labels)"
+    else:
+        knn = f"kNN top-1 ({s['num_test']} test images): trained {100 * s['knn_top1']:.2f}%"
+    if s["knn_top1"] is not None and s.get("knn_top1_random_init") is not None:
         gain = 100 * (s["knn_top1"] - s["knn_top1_random_init"])
         knn += f" vs random init {100 * s['knn_top1_random_init']:.2f}% ({gain:+.2f} points)"
     lines.append(knn)

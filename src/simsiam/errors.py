@@ -18,3 +18,10 @@ class DataError(SimSiamError):
 
 class TrainingError(SimSiamError):
     """Training cannot go on (non-finite loss, checkpoint that does not match, ...)."""
+
+
+def warn(msg: str) -> None:
+    """A one-line warning on stderr (not `warnings.warn`: its file:line prefix is noise to a user)."""
+    import sys
+
+    print(f"simsiam: warning: {msg}", file=sys.stderr, flush=True)

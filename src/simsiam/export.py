@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,9 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .data.augment import prepare
+from .data import datasets
 from .data.datasets import decode_image
-from .errors import DataError
+from .errors import DataError, warn
 from .runs import load_backbone
 
 
@@ -61,12 +61,9 @@ def _howto(cfg) -> str:
 
 
 def list_images(root) -> list[str]:
-    """Every image file under root (any depth), sorted, so the CSV order is stable."""
-    root = str(root)
-    if not os.path.isdir(root):
+    if not os.path.isdir(str(root)):
         raise DataError(f"{root} does not exist; give --data-dir a folder of images")
-    exts = tuple(e.lower() for e in IMG_EXTENSIONS)
-    paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.lower().endswith(exts))
+    paths = datasets.list_images(str(root))
     if not paths:
         raise DataError(f"no image files ({', '.join(IMG_EXTENSIONS[:4])}, ...) under {root}")
     return paths
@@ -98,7 +95,7 @@ def embed_folder(source, data_dir, out, batch_size: int = 256, projector: bool =
             zs.append(proj(f).float().cpu())
         kept += [p for p, _ in good]
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s), e.g. {', '.join(bad[:3])}", stacklevel=2)
+        warn(f"skipped {len(bad)} unreadable image file(s), e.g. {', '.join(bad[:3])}")
     if not kept:
         raise DataError(f"none of the {len(paths)} image files under {data_dir} could be read")
     out = Path(out)

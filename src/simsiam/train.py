@@ -125,6 +125,12 @@ def train(cfg: Config) -> dict:
     if len(train_set) < cfg.batch_size:
         raise DataError(f"--batch-size {cfg.batch_size} is larger than the {len(train_set)} training images; "
                         f"lower --batch-size or use more data")
+    # kNN needs labels: the bank and the queries are the labelled images only (STL-10's unlabeled
+    # split and flat folders train but are not evaluated).
+    bank_set, test_set = bank_set.labeled(), test_set.labeled()
+    has_labels = len(bank_set) > 0 and len(test_set) > 0
+    if not has_labels:
+        log("no labelled images: kNN monitoring is off (give class sub-folders to evaluate)")
     train_set, bank_set, test_set = train_set.to(device), bank_set.to(device), test_set.to(device)
 
     model = build_model(cfg).to(device)
@@ -135,7 +141,9 @@ def train(cfg: Config) -> dict:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # data order + augmentation
     z_healthy = 1 / math.sqrt(model.dim)
 
-    def knn() -> float:
+    def knn() -> float | None:
+        if not has_labels:
+            return None
         return knn_accuracy(model.backbone, bank_set, test_set, cfg.image_size, cfg.mean, cfg.std,
                             cfg.knn_k, cfg.knn_t, channels_last=cfg.channels_last)
 
@@ -153,7 +161,7 @@ def train(cfg: Config) -> dict:
         log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
     else:
         (run_dir / "metrics.jsonl").write_text("")
-        if cfg.knn_random_init:
+        if cfg.knn_random_init and has_labels:
             knn_random = knn()
             log(f"kNN top-1 of the backbone at random init: {100 * knn_random:.2f}%")
 
@@ -216,7 +224,7 @@ def train(cfg: Config) -> dict:
             "images_per_second": steps_per_epoch * cfg.batch_size / epoch_seconds,
             "epoch_seconds": epoch_seconds,
         }
-        if epoch + 1 == cfg.epochs or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0):
+        if has_labels and (epoch + 1 == cfg.epochs or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):
             last["knn_top1"] = knn()
             log(f"epoch {epoch + 1}: loss {last['loss']:.4f}, z-std {last['z_std']:.4f}, "
                 f"kNN top-1 {100 * last['knn_top1']:.2f}%")
@@ -246,7 +254,8 @@ def train(cfg: Config) -> dict:
 
     if not last:  # resumed a finished run: nothing trained, report the stored numbers
         last = read_metrics(run_dir)[-1]
-        last.setdefault("knn_top1", knn())
+        if "knn_top1" not in last:
+            last["knn_top1"] = knn()
     torch.save(model.backbone.state_dict(), run_dir / "backbone.pt")
     summary = {
         "method": cfg.method, "dataset": cfg.dataset, "data_dir": cfg.data_dir, "preset": cfg.preset,
@@ -254,7 +263,7 @@ def train(cfg: Config) -> dict:
         "num_train": len(train_set), "num_test": len(test_set),
         "train_seconds": train_seconds,
         "images_per_second": total_steps * cfg.batch_size / max(train_seconds, 1e-9),
-        "knn_top1": last["knn_top1"], "knn_top1_random_init": knn_random,
+        "knn_top1": last.get("knn_top1"), "knn_top1_random_init": knn_random,
         "loss": last["loss"], "z_std": last["z_std"], "z_std_healthy": z_healthy,
         "collapsed": last["z_std"] < cfg.collapse_fraction * z_healthy,
         "device": str(device), "precision": "bf16" if bf16 else "fp32", "run_dir": str(run_dir),

@@ -1,16 +1,21 @@
-"""Datasets as uint8 tensors in memory: the embedded digits and ImageFolder trees.
+"""Datasets as uint8 tensors in memory: embedded digits, CIFAR-10/100 and STL-10 through
+torchvision, and ImageFolder trees (labelled or a flat folder without labels).
 
 Small datasets are decoded once into one uint8 tensor (N, 3, S, S) that can live on the device;
-batches are then drawn by index, with no DataLoader. `load_splits(cfg)` returns (train, test):
-the test split is the data's own (`test/` or `val/`) or a fixed held-out part of the images.
+batches are then drawn by index, with no DataLoader. Decoded folders are cached as .npy files
+keyed by the file list, sizes and mtimes, so a second run loads in about a second.
+`load_splits(cfg)` returns (train, test): the test split is the data's own (`test/` or `val/`)
+or a fixed held-out part of the images. Images without a label carry label -1 (UNLABELED).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,15 +23,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from ..errors import DataError
+from ..errors import DataError, warn
 
 HOLDOUT_SEED = 1234  # the held-out split never depends on --seed, so runs stay comparable
+UNLABELED = -1
+TORCHVISION_SETS = ("cifar10", "cifar100", "stl10")
+CACHE_VERSION = 1
 
 
 @dataclass
 class ImageSet:
     images: torch.Tensor  # uint8 (N, 3, S, S)
-    labels: torch.Tensor  # int64 (N,)
+    labels: torch.Tensor  # int64 (N,), UNLABELED where unknown
     classes: list[str]
 
     def __len__(self) -> int:
@@ -38,11 +46,22 @@ class ImageSet:
     def to(self, device) -> "ImageSet":
         return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
 
+    def labeled(self) -> "ImageSet":
+        """The images with a label (the kNN bank / evaluation set)."""
+        return self.select(torch.nonzero(self.labels >= 0).flatten())
+
 
 def load_splits(cfg) -> tuple[ImageSet, ImageSet]:
     if cfg.dataset == "digits":
         return holdout_split(load_digits(cfg.image_size), cfg.holdout)
-    return load_folder(cfg.data_dir, cfg.image_size, cfg.holdout)
+    cache = cache_root(cfg.cache_dir) if cfg.cache else None
+    if cfg.dataset in TORCHVISION_SETS and not (cfg.data_dir and _has_split_folders(cfg.data_dir)):
+        return load_torchvision(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.cache_dir)
+    return load_folder(cfg.data_dir, cfg.image_size, cfg.holdout, strict=cfg.strict, cache=cache)
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    return Path(cache_dir or os.environ.get("SIMSIAM_CACHE") or Path.home() / ".cache" / "simsiam")
 
 
 def load_digits(size: int = 32) -> ImageSet:
@@ -63,49 +82,136 @@ def holdout_split(data: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet]:
     return data.select(perm[n_test:].sort().values), data.select(perm[:n_test].sort().values)
 
 
-def load_folder(root: str, size: int, holdout: float = 0.2) -> tuple[ImageSet, ImageSet]:
+# --- torchvision datasets ------------------------------------------------------------------------
+
+def load_torchvision(name: str, root: str | None, size: int, cache_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
+    """CIFAR-10/100 (train/test) or STL-10 (unlabeled + train for pretraining, test for queries)
+    through torchvision: an existing copy under `root`, or downloaded (with torchvision's checksum
+    check) into the cache dir when no root is given."""
+    from urllib.error import URLError
+
+    from torchvision import datasets as tvd
+
+    download = root is None
+    root = root or str(cache_root(cache_dir) / name)
+    if not download and not os.path.isdir(root):
+        raise DataError(f"data folder {root} does not exist; give --data-dir the folder that holds {name} "
+                        "(torchvision layout or train/ and test/ class folders), or omit it to download")
+    try:
+        if name == "stl10":
+            unlabeled = tvd.STL10(root, split="unlabeled", download=download)
+            train, test = tvd.STL10(root, split="train"), tvd.STL10(root, split="test")
+            classes = list(train.classes)
+            images = np.concatenate([unlabeled.data, train.data])  # N,3,96,96 already
+            labels = np.concatenate([np.full(len(unlabeled.data), UNLABELED), train.labels])
+            tr, te = (images, labels), (test.data, test.labels)
+        else:
+            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+            train, test = cls(root, train=True, download=download), cls(root, train=False, download=download)
+            classes = list(train.classes)
+            tr = (train.data.transpose(0, 3, 1, 2), np.asarray(train.targets))
+            te = (test.data.transpose(0, 3, 1, 2), np.asarray(test.targets))
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise DataError(f"{name} not found or corrupted under {root} ({str(e).splitlines()[0]}); point --data-dir "
+                        f"at the folder torchvision downloaded it to, or omit --data-dir to download") from None
+    except (URLError, OSError) as e:
+        raise DataError(f"could not download {name} into {root} ({e}); download it on a machine with internet "
+                        "and pass --data-dir") from None
+    return tuple(ImageSet(_resize_uint8(torch.from_numpy(np.ascontiguousarray(x)), size),
+                          torch.as_tensor(y, dtype=torch.int64), classes) for x, y in (tr, te))
+
+
+def _resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Square uint8 images to size x size (antialiased); a no-op at the native size."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    out = [F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8) for i in range(0, len(x), chunk)]
+    return torch.cat(out)
+
+
+def _has_split_folders(root: str) -> bool:
+    return os.path.isdir(os.path.join(root, "train")) and any(
+        os.path.isdir(os.path.join(root, s)) for s in ("test", "val"))
+
+
+# --- image folders -------------------------------------------------------------------------------
+
+def load_folder(root: str, size: int, holdout: float = 0.2, strict: bool = False,
+                cache: Path | None = None) -> tuple[ImageSet, ImageSet]:
     """An ImageFolder tree (sub-folders = classes). With `train/` and `test/` (or `val/`)
-    sub-folders those are the splits; otherwise a fixed fraction is held out as the test split."""
-    if not os.path.isdir(root):
+    sub-folders those are the splits; otherwise a fixed fraction is held out as the test split.
+    A folder with images but no class sub-folders is read as unlabeled (pretraining only)."""
+    if not root or not os.path.isdir(root):
         raise DataError(f"data folder {root} does not exist; give --data-dir a folder of images (sub-folders = classes)")
-    train_dir = os.path.join(root, "train")
-    test_dir = next((os.path.join(root, s) for s in ("test", "val") if os.path.isdir(os.path.join(root, s))), None)
-    if os.path.isdir(train_dir) and test_dir:
-        train = read_image_folder(train_dir, size)
-        test = read_image_folder(test_dir, size, classes=train.classes)
+    if _has_split_folders(root):
+        test_dir = next(os.path.join(root, s) for s in ("test", "val") if os.path.isdir(os.path.join(root, s)))
+        train = read_image_folder(os.path.join(root, "train"), size, strict=strict, cache=cache)
+        test = read_image_folder(test_dir, size, classes=train.classes, strict=strict, cache=cache)
         return train, test
-    return holdout_split(read_image_folder(root, size), holdout)
+    return holdout_split(read_image_folder(root, size, strict=strict, cache=cache), holdout)
 
 
-def read_image_folder(root: str, size: int, classes: list[str] | None = None) -> ImageSet:
+def list_images(root: str) -> list[str]:
+    """Every image file under root (any depth), sorted, so orders are stable."""
+    exts = tuple(e.lower() for e in IMG_EXTENSIONS)
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.lower().endswith(exts))
+
+
+def read_image_folder(root: str, size: int, classes: list[str] | None = None, strict: bool = False,
+                      cache: Path | None = None) -> ImageSet:
     try:
         found, class_to_idx = find_classes(root)
-    except FileNotFoundError:
-        raise DataError(f"no class sub-folders in {root}; put the images in {root}/<class>/*.jpg") from None
+        samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    except FileNotFoundError:  # no class sub-folders: a flat folder of unlabeled images
+        found, samples = [], [(p, UNLABELED) for p in list_images(root)]
     if classes is not None and found != classes:
         raise DataError(f"the classes of {root} ({len(found)}) differ from the training split's ({len(classes)}); "
                         "give both splits the same class folders")
-    samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     if not samples:
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS[:4])}, ...) found under {root}; check --data-dir")
+    key = _cache_key(samples, size) if cache else None
+    cached = _load_cache(cache, key) if cache else None
+    if cached is not None:
+        images, labels, bad = cached
+    else:
+        images, labels, bad = _decode_all(samples, size, strict)
+        if cache:
+            _save_cache(cache, key, images, labels, bad)
+    if bad:
+        warn(f"skipped {len(bad)} unreadable image file(s) under {root}, e.g. {', '.join(bad[:3])} "
+             "(--strict stops at the first)")
+    if len(labels) == 0:
+        raise DataError(f"none of the {len(samples)} image files under {root} could be read; check the files")
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), found)
+
+
+def _decode_all(samples, size: int, strict: bool):
     paths = [p for p, _ in samples]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        arrays = list(pool.map(lambda p: decode_image(p, size), paths))
-    bad = [p for p, a in zip(paths, arrays) if a is None]
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {root}, e.g. {', '.join(bad[:3])}", stacklevel=2)
-    keep = [i for i, a in enumerate(arrays) if a is not None]
-    if not keep:
-        raise DataError(f"none of the {len(paths)} image files under {root} could be read; check the files")
-    images = torch.from_numpy(np.stack([arrays[i] for i in keep])).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor([samples[i][1] for i in keep], dtype=torch.int64)
-    return ImageSet(images, labels, found)
+        arrays = pool.map(lambda p: decode_image(p, size), paths)
+        kept, labels, bad = [], [], []
+        for (path, label), a in zip(samples, arrays):
+            if a is None:
+                if strict:
+                    raise DataError(f"cannot read image {path}; fix or remove it, or drop --strict to skip bad files")
+                bad.append(path)
+            else:
+                kept.append(a)
+                labels.append(label)
+    images = np.stack(kept).transpose(0, 3, 1, 2).copy() if kept else np.zeros((0, 3, size, size), np.uint8)
+    return images, np.asarray(labels, dtype=np.int64), bad
 
 
 def decode_image(path: str, size: int) -> np.ndarray | None:
-    """RGB uint8 (size, size, 3): shorter side resized to `size`, then centre-cropped."""
+    """RGB uint8 (size, size, 3): shorter side resized to `size`, then centre-cropped. Any mode
+    (palette, CMYK, RGBA, 16-bit) becomes 8-bit RGB; None for a file that cannot be decoded."""
     try:
         with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale, do not clip at 255
+                arr = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray((arr * (255.0 / max(arr.max(), 255.0) if arr.max() > 255 else 1.0)).astype(np.uint8))
             im = im.convert("RGB")
             if im.size != (size, size):
                 w, h = im.size
@@ -114,5 +220,38 @@ def decode_image(path: str, size: int) -> np.ndarray | None:
                 left, top = (im.width - size) // 2, (im.height - size) // 2
                 im = im.crop((left, top, left + size, top + size))
             return np.array(im, dtype=np.uint8)  # a writable copy
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+# --- decode-once cache ---------------------------------------------------------------------------
+
+def _cache_key(samples, size: int) -> str:
+    """Changes whenever a file is added, removed, renamed, relabelled, resized or touched."""
+    h = hashlib.sha1(f"v{CACHE_VERSION} size={size}".encode())
+    for path, label in samples:
+        st = os.stat(path)
+        h.update(f"{os.path.abspath(path)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _load_cache(cache: Path, key: str):
+    meta_path = cache / f"{key}.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        return np.load(cache / f"{key}.images.npy"), np.load(cache / f"{key}.labels.npy"), meta["bad"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _save_cache(cache: Path, key: str, images: np.ndarray, labels: np.ndarray, bad: list[str]) -> None:
+    """Best effort: an unwritable cache dir costs the next run a decode, nothing else."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        for name, arr in (("images", images), ("labels", labels)):
+            tmp = cache / f"{key}.{name}.tmp.npy"
+            np.save(tmp, arr)
+            os.replace(tmp, cache / f"{key}.{name}.npy")
+        (cache / f"{key}.json").write_text(json.dumps({"bad": bad, "shape": list(images.shape)}))
+    except OSError as e:
+        warn(f"could not write the decode cache in {cache} ({e.strerror or e}); set --cache-dir to a writable folder")

@@ -1,0 +1,194 @@
+"""Two-view augmentation throughput: our batched `Augment` against torchvision's per-image pipeline.
+
+    python benchmarks/augment.py [--seconds S] [--sizes 32 224] [--note TEXT]
+
+Recipes: 32 -> CIFAR (32 px in, 32 px out, no blur); 224 -> ImageNet (256 px in, 224 px out, blur).
+torchvision runs the way the official SimSiam code (and lightly) does: a Dataset of decoded PIL
+images whose __getitem__ applies the transform twice, in a DataLoader with 2 workers. Ours runs in
+the main process on batches of uint8 tensors, as train.py does. Images/s counts source images (each
+gives two views). For the CIFAR recipe it also measures the share of a CPU training step (width-1/4
+ResNet-18 SimSiam, batch 256, channels_last) spent augmenting, and with a CUDA GPU it times ours
+there too. Prints a table and writes its section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, ImageFilter
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torchvision import transforms as T
+
+from simsiam import build_model, from_preset
+from simsiam.data import Augment
+
+RECIPES = {  # output size -> input size, blur probability, torchvision DataLoader batch
+    32: dict(in_size=32, blur_p=0.0, batch=256),
+    224: dict(in_size=256, blur_p=0.5, batch=64),
+}
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+RESULTS = Path(__file__).with_name("RESULTS.md")
+BEGIN, END = "<!-- benchmarks/augment.py: begin -->", "<!-- benchmarks/augment.py: end -->"
+
+
+class PILBlur:
+    """The official code's GaussianBlur: PIL's filter with radius ~ U(0.1, 2.0)."""
+
+    def __call__(self, img):
+        return img.filter(ImageFilter.GaussianBlur(radius=np.random.uniform(0.1, 2.0)))
+
+
+def torchvision_transform(size: int, blur_p: float) -> T.Compose:
+    stages = [T.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+              T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+              T.RandomGrayscale(p=0.2)]
+    if blur_p:
+        stages.append(T.RandomApply([PILBlur()], p=blur_p))
+    return T.Compose(stages + [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+class TwoViews(Dataset):
+    def __init__(self, images: np.ndarray, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i])  # as torchvision's CIFAR10 does
+        return self.transform(img), self.transform(img)
+
+
+def rate(step, seconds: float, warmup: int) -> float:
+    """Images/s of `step()` (returns images done) over a wall-clock budget, after warm-up steps."""
+    for _ in range(warmup):
+        step()
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        done += step()
+    return done / (time.perf_counter() - t0)
+
+
+def ours_rate(images: torch.Tensor, size: int, blur_p: float, batch: int, seconds: float) -> float:
+    aug = Augment(size, blur_p=blur_p, mean=MEAN, std=STD)
+    g = torch.Generator(device=images.device).manual_seed(0)
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+
+    def step():
+        idx = torch.randint(0, len(images), (batch,), generator=g, device=images.device)
+        aug.two_views(images[idx], g)
+        sync()
+        return batch
+
+    return rate(step, seconds, warmup=3)
+
+
+def torchvision_rate(images: np.ndarray, size: int, blur_p: float, batch: int, seconds: float) -> float:
+    ds = TwoViews(images, torchvision_transform(size, blur_p))
+    loader = DataLoader(ds, batch_size=batch, num_workers=2, persistent_workers=True, prefetch_factor=2,
+                        sampler=RandomSampler(ds, replacement=True, num_samples=1 << 30))
+    it = iter(loader)
+    # warm-up past the 2 x 2 prefetched batches, so the timed batches are produced while timing
+    r = rate(lambda: len(next(it)[0]), seconds, warmup=6)
+    del it, loader
+    return r
+
+
+def step_share(images: torch.Tensor, seconds: float) -> tuple[float, float]:
+    """Seconds per CIFAR training step (batch 256) for augmentation and for the model update."""
+    cfg = from_preset("cifar10-cpu", data_dir="x", batch_size=256)
+    model = build_model(cfg).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    aug, g = Augment.from_config(cfg), torch.Generator().manual_seed(0)
+    batch = images[:256]
+    views = []
+
+    def augment():
+        views[:] = [v.contiguous(memory_format=torch.channels_last) for v in aug.two_views(batch, g)]
+        return 1
+
+    def update():
+        loss = model(*views)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return 1
+
+    t_aug = 1 / rate(augment, seconds, warmup=2)
+    t_model = 1 / rate(update, seconds, warmup=1)
+    return t_aug, t_model
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1).strip()
+    except (OSError, AttributeError):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{cpu}, {cores} cores usable ({torch.get_num_threads()} torch threads){gpu}; "
+            f"torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}")
+
+
+def write_results(section: str) -> None:
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="timed wall-clock budget per measurement")
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 224], choices=sorted(RECIPES))
+    p.add_argument("--note", default="", help="remark written with the results (e.g. 'smoke run')")
+    p.add_argument("--no-write", action="store_true", help=f"do not update {RESULTS.name}")
+    args = p.parse_args()
+
+    rows, lines = [], []
+    for size in args.sizes:
+        r = RECIPES[size]
+        n = 4096 if size == 32 else 512
+        arr = np.random.default_rng(0).integers(0, 256, (n, r["in_size"], r["in_size"], 3), dtype=np.uint8)
+        images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+        ours = ours_rate(images, size, r["blur_p"], r["batch"], args.seconds)
+        tv = torchvision_rate(arr, size, r["blur_p"], r["batch"], args.seconds)
+        gpu = ours_rate(images.cuda(), size, r["blur_p"], 256, args.seconds) if torch.cuda.is_available() else None
+        name = f"{r['in_size']} px -> {size} px{', blur' if r['blur_p'] else ''}"
+        rows.append((name, ours, tv, ours / tv, gpu))
+        if size == 32:
+            t_aug, t_model = step_share(images, args.seconds)
+            lines.append(f"CIFAR step (batch 256, width-1/4 ResNet-18, CPU): augmentation {1e3 * t_aug:.0f} ms, "
+                         f"model update {1e3 * t_model:.0f} ms -> augmentation is "
+                         f"{100 * t_aug / (t_aug + t_model):.1f}% of the step")
+
+    head = "| recipe | ours CPU (img/s) | torchvision, 2 workers (img/s) | ours / torchvision | ours GPU (img/s) |"
+    table = [head, "|---|---:|---:|---:|---:|"]
+    table += [f"| {n} | {o:,.0f} | {t:,.0f} | {q:.2f}x | {'-' if g is None else f'{g:,.0f}'} |"
+              for n, o, t, q, g in rows]
+    out = "\n".join(table + [""] + lines)
+    print(out)
+    if not args.no_write:
+        date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+        note = f" **{args.note}**" if args.note else ""
+        write_results(f"## Two-view augmentation throughput (`benchmarks/augment.py`)\n\n"
+                      f"{date}, `--seconds {args.seconds:g}`.{note}\nMachine: {machine()}.\n"
+                      f"Images/s counts source images; each yields two views.\n\n{out}\n")
+        print(f"\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
