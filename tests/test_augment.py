@@ -140,3 +140,11 @@ def test_hsv_roundtrip():
     x = torch.rand(3, 3, 10, 10)
     torch.testing.assert_close(A._hsv_to_rgb(*A._rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
     assert math.isclose(A._GRAY[0] + A._GRAY[1] + A._GRAY[2], 1.0, abs_tol=1e-3)
+
+
+def test_solarize_matches_torchvision():
+    aug = Augment(16, crop_scale=(1, 1), crop_ratio=(1, 1), hflip=0, jitter_p=0, gray_p=0, blur_p=0, solarize_p=1.0,
+                  mean=(0, 0, 0), std=(1, 1, 1))
+    x = images(3, 16)
+    ref = torch.stack([TF.solarize(img.float() / 255, 0.5) for img in x])
+    torch.testing.assert_close(aug(x, torch.Generator().manual_seed(0)), ref, atol=1e-6, rtol=0)

@@ -26,6 +26,7 @@ import math
 import pytest
 import torch
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from simsiam.data import augment as A  # `A.Augment`, not an imported name: see the mutation check in the report
 from simsiam.data.datasets import load_digits, read_image_folder
@@ -216,14 +217,26 @@ def test_grayscale_and_flip_rates():
 
 
 # ----------------------------------------------------------------------------- colour jitter
+# Measured with helpers independent of the module under test (its own HSV code could be wrong).
+def saturation(x: torch.Tensor) -> torch.Tensor:
+    """HSV saturation (max - min) / max per pixel: (n, H, W)."""
+    hi, lo = x.amax(dim=1), x.amin(dim=1)
+    return (hi - lo) / hi.clamp_min(1e-6)
+
+
+def hue_angle(x: torch.Tensor) -> torch.Tensor:
+    """Hue as an angle in the chroma plane (the hexagonal hue, smoothed), radians: (n, H, W)."""
+    r, g, b = x.unbind(1)
+    return torch.atan2(math.sqrt(3) * (g - b), 2 * r - g - b)
+
+
 def jitter_stats(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-image effect of the jitter that turned x into y."""
-    gx, gy = A.grayscale(x), A.grayscale(y)
-    hx, sx, _ = A._rgb_to_hsv(x)
-    hy, sy, _ = A._rgb_to_hsv(y)
+    gx, gy = TF.rgb_to_grayscale(x), TF.rgb_to_grayscale(y)
+    sx, sy = saturation(x), saturation(y)
     # hue shift: circular mean of the per-pixel hue change, weighted by saturation (hue is
     # meaningless on gray pixels); brightness/contrast/saturation keep hue except where clamped
-    ang = 2 * math.pi * (hy - hx)
+    ang = hue_angle(y) - hue_angle(x)
     wgt = sx * sy
     hue = torch.atan2((wgt * ang.sin()).sum(dim=(1, 2)), (wgt * ang.cos()).sum(dim=(1, 2))) / (2 * math.pi)
     return {
@@ -231,7 +244,7 @@ def jitter_stats(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         "brightness ratio": y.mean(dim=(1, 2, 3)) / x.mean(dim=(1, 2, 3)),
         "contrast ratio": gy.std(dim=(1, 2, 3)) / gx.std(dim=(1, 2, 3)),
         "saturation ratio": sy.mean(dim=(1, 2)) / sx.mean(dim=(1, 2)),
-        "hue shift": hue,
+        "hue shift": hue,  # in turns, like ColorJitter's hue factor
     }
 
 
@@ -246,7 +259,7 @@ def tinted_digits() -> torch.Tensor:
 def colourful(images: torch.Tensor) -> torch.Tensor:
     """Drop near-gray images (their saturation and hue ratios are undefined) and flat ones."""
     x = images.float() / 255
-    keep = (A._rgb_to_hsv(x)[1].mean(dim=(1, 2)) > 0.05) & (A.grayscale(x).std(dim=(1, 2, 3)) > 0.02)
+    keep = (saturation(x).mean(dim=(1, 2)) > 0.05) & (TF.rgb_to_grayscale(x).std(dim=(1, 2, 3)) > 0.02)
     return images[keep]
 
 

@@ -60,6 +60,7 @@ class Config:
     gray_p: float = _opt(0.2, "probability of grayscale")
     blur_p: float = _opt(0.5, "probability of Gaussian blur (0 for 32x32 inputs, paper App. D)")
     blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "Gaussian blur sigma range", nargs=2)
+    solarize_p: float = _opt(0.0, "probability of solarize (threshold 0.5); 0 for SimSiam, used by the baselines")
     mean: tuple[float, float, float] = _opt((0.485, 0.456, 0.406), "normalisation mean", nargs=3)
     std: tuple[float, float, float] = _opt((0.229, 0.224, 0.225), "normalisation std", nargs=3)
     # --- monitoring
@@ -97,7 +98,7 @@ class Config:
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise ConfigError(f"--{_flag(name)} must be a positive number, got {v}")
-        for name in ["hflip", "jitter_p", "gray_p", "blur_p"]:
+        for name in ["hflip", "jitter_p", "gray_p", "blur_p", "solarize_p"]:
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"--{_flag(name)} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0 < self.holdout < 1:

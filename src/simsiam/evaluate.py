@@ -98,10 +98,11 @@ def train_linear(features, labels: torch.Tensor, dim: int, num_classes: int, epo
 
     device = labels.device
     g = torch.Generator(device="cpu").manual_seed(seed)
-    head = nn.Linear(dim, num_classes).to(device)
-    with torch.no_grad():
+    head = nn.Linear(dim, num_classes)
+    with torch.no_grad():  # initialised on the CPU, where the seeded generator lives
         head.weight.normal_(0, 0.01, generator=g)
         head.bias.zero_()
+    head = head.to(device)
     lr = base_lr * batch_size / 256
     opt = LARS(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = labels.shape[0]

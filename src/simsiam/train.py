@@ -117,7 +117,9 @@ def train(cfg: Config) -> dict:
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
     torch.manual_seed(cfg.seed)
+    t_load = time.perf_counter()
     bank_set, test_set = load_splits(cfg)  # kNN bank: the whole train split, even with --subset
+    log(f"data: {len(bank_set)} train + {len(test_set)} test images loaded in {time.perf_counter() - t_load:.1f} s")
     train_set = bank_set
     if cfg.subset is not None and cfg.subset < len(train_set):
         pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.subset]

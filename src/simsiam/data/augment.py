@@ -4,7 +4,8 @@ torchvision's transforms draw one set of random parameters per call, so they can
 batch with independent draws; this module does, with the same sampling rules:
 
     RandomResizedCrop(size, scale, ratio) -> RandomApply(ColorJitter(b, c, s, h), p)
-    -> RandomGrayscale(p) -> RandomApply(GaussianBlur(sigma), p) -> RandomHorizontalFlip(p)
+    -> RandomGrayscale(p) -> RandomApply(GaussianBlur(sigma), p) -> RandomSolarize(0.5, p)
+    -> RandomHorizontalFlip(p)
     -> Normalize(mean, std)
 
 Input: uint8 (N, 3, H, W) on any device; output: float32 (N, 3, size, size) on the same device.
@@ -34,13 +35,14 @@ class Augment:
     gray_p: float = 0.2
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0  # BYOL's second view uses 0.2; SimSiam none
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     @classmethod
     def from_config(cls, cfg) -> "Augment":
         return cls(cfg.image_size, cfg.crop_scale, cfg.crop_ratio, cfg.hflip, cfg.jitter, cfg.jitter_p,
-                   cfg.gray_p, cfg.blur_p, cfg.blur_sigma, cfg.mean, cfg.std)
+                   cfg.gray_p, cfg.blur_p, cfg.blur_sigma, cfg.solarize_p, cfg.mean, cfg.std)
 
     def two_views(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self(images, g), self(images, g)
@@ -56,6 +58,8 @@ class Augment:
         if self.blur_p > 0:
             lo, hi = self.blur_sigma
             x = gaussian_blur(x, rand(n) < self.blur_p, lo + (hi - lo) * rand(n), blur_kernel_size(self.size))
+        if self.solarize_p > 0:  # torchvision RandomSolarize(threshold=0.5) on [0, 1] images
+            x = torch.where((rand(n) < self.solarize_p).view(-1, 1, 1, 1) & (x >= 0.5), 1 - x, x)
         if self.hflip > 0:
             x = torch.where((rand(n) < self.hflip).view(-1, 1, 1, 1), x.flip(-1), x)
         return normalize(x, self.mean, self.std)
