@@ -21,6 +21,12 @@ def extract_cifar_slice(dest: Path, per_class_train: int, per_class_test: int) -
     return dest / "cifar10"
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Tests (and the CLIs they start) keep their decode caches out of the user's ~/.cache."""
+    monkeypatch.setenv("SIMSIAM_CACHE", str(tmp_path_factory.getbasetemp() / "simsiam-cache"))
+
+
 @pytest.fixture(scope="session")
 def cifar_slice(tmp_path_factory) -> Path:
     if not CIFAR_TAR.exists():

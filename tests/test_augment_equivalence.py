@@ -9,10 +9,15 @@ measures one quantity per output and compares the two distributions.
 Tolerances are statistical, not hand-picked: every comparison allows K standard errors of the
 difference between the two sample statistics (computed from the samples themselves, see
 `compare`), so they are as tight as the sample sizes allow. Under equal distributions a 4-SE
-deviation has a two-sided probability of about 6e-5, so with the ~150 comparisons in this file a
-false alarm is unlikely (and the seeds are fixed, so a run is deterministic anyway), while a real
-bug (a wrong range, a wrong probability, a missing fallback) moves a statistic by tens of SEs.
-Rates are also checked against their nominal probability.
+deviation has a two-sided probability of about 6e-5, so with the ~100 comparisons in this file a
+false alarm is unlikely (and the seeds are fixed, so a run is deterministic anyway). Rates are also
+checked against their nominal probability. Bugs injected into augment.py to check the tolerances
+(all caught): crop scale (0.08, 1) or (0.25, 1) instead of (0.2, 1), aspect uniform instead of
+log-uniform, crop offset drawn from W - w instead of W - w + 1, no fallback, a whole-image
+fallback, roi_align aligned=False, grayscale p 0.15, flip p 0.45, jitter p 0.5 or 0.75, hue 0.2 or
+0, brightness 0.5, contrast 0.3, saturation 0.3, blur p 0.4, blur sigma (0.1, 1.5), a 5-tap kernel.
+Not visible at these sample sizes (test_augment.py checks them directly): a fixed jitter-op order,
+contrast around the RGB mean instead of the luminance mean, blur sigma (0.2, 2) instead of (0.1, 2).
 
 torchvision is fed float tensors in [0, 1] (its tensor path uses the same formulas as the PIL
 path the official code uses, without PIL's uint8 rounding after every op), and `Augment` is built
@@ -28,7 +33,7 @@ import torch
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from simsiam.data import augment as A  # `A.Augment`, not an imported name: see the mutation check in the report
+from simsiam.data import augment as A  # attribute access (A.Augment), so a patched module is what runs
 from simsiam.data.datasets import load_digits, read_image_folder
 
 K = 4.0  # tolerance, in standard errors of the difference
@@ -95,8 +100,9 @@ def _cdf(x: torch.Tensor, t: float) -> tuple[float, float]:
 
 def compare(name: str, a: torch.Tensor, b: torch.Tensor, k: float = K) -> list[str]:
     """Mismatches between the distributions of a (ours) and b (torchvision): mean, std, and the
-    quantiles, the latter in probability space (the share of each sample below b's q-quantile
-    differs by at most k * sqrt(q (1 - q) (1/na + 1/nb)); robust to atoms, e.g. 'no change')."""
+    quantiles, the latter in probability space: at t = b's q-quantile (a value of b), the share of
+    a below t must be q within k * sqrt(q (1 - q) (1/na + 1/nb)). Where t is an atom (e.g. 'no
+    change', or a crop touching the border) the share of a is an interval, [P(a < t), P(a <= t)]."""
     a, b = a.double().flatten(), b.double().flatten()
     na, nb = len(a), len(b)
     bad = []
@@ -107,12 +113,12 @@ def compare(name: str, a: torch.Tensor, b: torch.Tensor, k: float = K) -> list[s
     if abs(a.std() - b.std()) > k * se:
         bad.append(f"{name}: std {a.std():.4f} vs {b.std():.4f} (tol {k * se:.4f})")
     for q in QUANTILES:
-        t = torch.quantile(b, q).item()
-        (a_lo, a_hi), (b_lo, b_hi) = _cdf(a, t), _cdf(b, t)
-        gap = max(a_lo - b_hi, b_lo - a_hi, 0.0)  # distance between the two CDF intervals at t
+        t = torch.quantile(b, q, interpolation="nearest").item()
+        lo, hi = _cdf(a, t)
         tol = k * math.sqrt(q * (1 - q) * (1 / na + 1 / nb))
-        if gap > tol:
-            bad.append(f"{name}: q{q:g} = {t:.4f}: share below {a_lo:.3f}..{a_hi:.3f} vs {b_lo:.3f}..{b_hi:.3f} "
+        if not lo - tol <= q <= hi + tol:
+            b_lo, b_hi = _cdf(b, t)
+            bad.append(f"{name}: q{q:g} = {t:.4f}: share below {lo:.3f}..{hi:.3f} vs {b_lo:.3f}..{b_hi:.3f} "
                        f"(tol {tol:.3f})")
     return bad
 
@@ -192,8 +198,12 @@ def test_crop_geometry_distribution(case):
         stats[who] = {
             "area fraction": b[:, 2] * b[:, 3] / (height * width),
             "log aspect": (b[:, 2] / b[:, 3]).log(),
-            "centre x": (b[:, 0] + b[:, 2] / 2) / width,
-            "centre y": (b[:, 1] + b[:, 3] / 2) / height,
+            # the margins have an atom at 0 (crops touching the border), which an off-by-one in
+            # the offset draw (randint(0, W - w + 1)) empties or inflates
+            "left margin": b[:, 0] / width,
+            "right margin": (width - b[:, 0] - b[:, 2]) / width,
+            "top margin": b[:, 1] / height,
+            "bottom margin": (height - b[:, 1] - b[:, 3]) / height,
         }
     bad = [m for name in stats["ours"] for m in compare(name, stats["ours"][name], stats["torchvision"][name])]
     assert not bad, "\n".join(bad)
@@ -206,7 +216,7 @@ def test_grayscale_and_flip_rates():
     measured = {}
     for who, fn in (("ours", ours), ("torchvision", reference)):
         _, out = fn(ramp(32, 32), N_OURS if who == "ours" else N_REF, 1, **params)
-        gray = ((out[:, 0] - out[:, 1]).abs().amax(dim=(1, 2)) < 1e-6) & ((out[:, 1] - out[:, 2]).abs().amax(dim=(1, 2)) < 1e-6)
+        gray = (out - out[:, :1]).abs().amax(dim=(1, 2, 3)) < 1e-6  # R == G == B
         # x grows to the right in R, and in the gray mix 0.2989 R + 0.587 G + 0.114 B; a flip reverses it
         lum = out.mean(dim=1).mean(dim=1)  # (n, S): channel-mean, row-mean
         flipped = lum[:, -3] < lum[:, 2]
@@ -217,7 +227,7 @@ def test_grayscale_and_flip_rates():
 
 
 # ----------------------------------------------------------------------------- colour jitter
-# Measured with helpers independent of the module under test (its own HSV code could be wrong).
+# Measured with helpers independent of the module under test (its own colour code could be wrong).
 def saturation(x: torch.Tensor) -> torch.Tensor:
     """HSV saturation (max - min) / max per pixel: (n, H, W)."""
     hi, lo = x.amax(dim=1), x.amin(dim=1)
@@ -231,19 +241,28 @@ def hue_angle(x: torch.Tensor) -> torch.Tensor:
 
 
 def jitter_stats(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image effect of the jitter that turned x into y."""
-    gx, gy = TF.rgb_to_grayscale(x), TF.rgb_to_grayscale(y)
-    sx, sy = saturation(x), saturation(y)
-    # hue shift: circular mean of the per-pixel hue change, weighted by saturation (hue is
-    # meaningless on gray pixels); brightness/contrast/saturation keep hue except where clamped
+    """Per-image estimates of the four jitter factors that turned x into y.
+
+    With L the mean luminance, G the luminance std and C the mean chroma |rgb - luminance|:
+    brightness (x -> b x) scales L, G and C by b; contrast (blend with the mean luminance) keeps L
+    and scales G and C by c; saturation (blend with the pixel's luminance) keeps L and G and scales
+    C by s. So L'/L, (G'/G) / (L'/L) and (C'/C) / (G'/G) estimate b, c and s whatever the order
+    (up to clipping at 0 and 1, which both pipelines share). Hue rotation keeps saturation: its
+    factor is the circular mean of the per-pixel hue change, weighted by saturation."""
+    def lcg(img):
+        lum = TF.rgb_to_grayscale(img)
+        chroma = (img - lum).norm(dim=1).mean(dim=(1, 2))
+        return lum.mean(dim=(1, 2, 3)), lum.std(dim=(1, 2, 3)), chroma
+
+    (lx, gx, cx), (ly, gy, cy) = lcg(x), lcg(y)
     ang = hue_angle(y) - hue_angle(x)
-    wgt = sx * sy
+    wgt = saturation(x) * saturation(y)
     hue = torch.atan2((wgt * ang.sin()).sum(dim=(1, 2)), (wgt * ang.cos()).sum(dim=(1, 2))) / (2 * math.pi)
     return {
         "changed": (y - x).abs().amax(dim=(1, 2, 3)) > 1e-6,
-        "brightness ratio": y.mean(dim=(1, 2, 3)) / x.mean(dim=(1, 2, 3)),
-        "contrast ratio": gy.std(dim=(1, 2, 3)) / gx.std(dim=(1, 2, 3)),
-        "saturation ratio": sy.mean(dim=(1, 2)) / sx.mean(dim=(1, 2)),
+        "brightness factor": ly / lx,
+        "contrast factor": (gy / gx) / (ly / lx),
+        "saturation factor": (cy / cx) / (gy / gx),
         "hue shift": hue,  # in turns, like ColorJitter's hue factor
     }
 
@@ -257,7 +276,7 @@ def tinted_digits() -> torch.Tensor:
 
 
 def colourful(images: torch.Tensor) -> torch.Tensor:
-    """Drop near-gray images (their saturation and hue ratios are undefined) and flat ones."""
+    """Drop near-gray images (their saturation and hue changes are undefined) and flat ones."""
     x = images.float() / 255
     keep = (saturation(x).mean(dim=(1, 2)) > 0.05) & (TF.rgb_to_grayscale(x).std(dim=(1, 2, 3)) > 0.02)
     return images[keep]
@@ -298,12 +317,12 @@ def test_blur_distribution():
     # Kernel: the SimCLR rule, 10% of the side made odd: int(6.4) = 6 -> 7 (23 at 224 px). Fixed
     # here, so a change of blur_kernel_size shows up as a different drop at large sigma.
     blur = dict(size=64, blur_p=0.5, blur_sigma=(0.1, 2.0))
-    x, y = ours(noise, N_REF, 5, **NO_CROP, **blur)  # our per-sample-kernel blur is slow on CPU
+    x, y = ours(noise, N_REF, 5, **NO_CROP, **blur)  # not N_OURS: our grouped-conv blur is slowish on CPU
     mine = high_freq(y) / high_freq(x)
     x, y = reference(noise, N_REF, 5, crop=False, blur_kernel=7, **blur)
     theirs = high_freq(y) / high_freq(x)
-    # "blurred": a drop of over 1% in high-frequency energy, i.e. sigma above ~0.3 (a 3x3 Gaussian
-    # with sigma 0.1 is the identity to 1e-20), so about 0.5 * (2.0 - 0.3) / 1.9 ~= 0.45 of outputs
+    # "blurred": a drop of over 1% in high-frequency energy, i.e. sigma above ~0.3 (a Gaussian with
+    # sigma 0.1 is the identity to 1e-20), so about 0.5 * (2.0 - 0.3) / 1.9 ~= 0.45 of outputs
     bad = compare_rate("blurred", mine < 0.99, theirs < 0.99, None)
     bad += compare("high-frequency energy ratio", mine, theirs)
     assert not bad, "\n".join(bad)

@@ -84,7 +84,7 @@ def test_data_dir_alone_trains_on_a_folder_and_skips_bad_files(tmp_path):
                   "--batch-size", "16", "--dim", "64", "--pred-dim", "16", "--proj-hidden", "64", "--no-report",
                   "--run-dir", str(run_dir))
     assert res.returncode == 0, res.stderr
-    assert "skipped 2 unreadable image(s)" in res.stderr and "broken.jpg" in res.stderr
+    assert "skipped 2 unreadable image file(s)" in res.stderr and "broken.jpg" in res.stderr
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["dataset"] == "folder" and s["preset"] == "folder"
     assert s["num_train"] + s["num_test"] == 48  # the two bad files are not counted

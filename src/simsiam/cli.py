@@ -29,7 +29,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         base = args[0] if args and type(None) in typing.get_args(hint) else hint
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{f.metadata['help']} [Config default: {_show(default)}]"
+        help_text = f"{f.metadata['help']} [paper/Config default: {_show(default)}; presets may change it]"
         kw: dict = {"default": argparse.SUPPRESS, "help": help_text}
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
@@ -46,7 +46,9 @@ def _show(v) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simsiam", description=__doc__.splitlines()[0] + " See README.md.")
+    parser = argparse.ArgumentParser(
+        prog="simsiam", description="Self-supervised image representation learning with SimSiam (Chen & He, "
+                                    "CVPR 2021): train, evaluate, export, embed, report. See README.md.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     presets = "; ".join(f"{name}" for name in PRESETS)
     tr = sub.add_parser(

@@ -121,10 +121,19 @@ def _read_json(path: Path) -> dict | None:
         return None  # unfinished run: the page says so
 
 
+MAX_BANK = 10_000  # retrieval neighbours come from at most this many train images (ImageNet-size runs)
+
+
 def _features(run_dir: Path, device: torch.device):
-    """(train set, test set, train features, test features) as the kNN monitor saw them."""
+    """(train set, test set, train features, test features) of the labelled images; the bank is
+    the whole train split up to MAX_BANK images (a fixed random pick beyond that)."""
     backbone, cfg = load_backbone(run_dir, device)
-    train_set, test_set = load_splits(cfg)  # the whole train split is the bank, as in training
+    train_set, test_set = (split.labeled() for split in load_splits(cfg))
+    if len(train_set) == 0 or len(test_set) == 0:
+        raise DataError("the data has no labelled images, so neighbours and classes cannot be shown")
+    if len(train_set) > MAX_BANK:
+        pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:MAX_BANK]
+        train_set = train_set.select(pick.sort().values)
 
     def feats(images: torch.Tensor) -> torch.Tensor:  # moved to the device batch by batch
         return extract_features(backbone, images, cfg.image_size, cfg.mean, cfg.std).cpu()
