@@ -134,7 +134,7 @@ def _blend(a, b, ratio):
 
 
 def _brightness(x, f):
-    return _blend(x, torch.zeros_like(x), f)
+    return (x * f).clamp_(0, 1)  # a blend with black
 
 
 def _contrast(x, f):
