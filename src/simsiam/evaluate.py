@@ -18,8 +18,9 @@ from .data.augment import prepare
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images: torch.Tensor, size: int, mean, std,
-                     batch_size: int = 512, channels_last: bool = False) -> torch.Tensor:
-    """l2-normalised pooled features (N, D) of uint8 images, backbone in eval mode, fp32."""
+                     batch_size: int = 512, channels_last: bool = False, l2: bool = True) -> torch.Tensor:
+    """Pooled features (N, D) of uint8 images, backbone in eval mode, fp32; l2-normalised for
+    kNN, raw (`l2=False`) for the linear probe."""
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
@@ -28,7 +29,8 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, size: int, mean,
         x = prepare(images[i:i + batch_size].to(device), size, mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        feats.append(F.normalize(backbone(x).float(), dim=1))
+        f = backbone(x).float()
+        feats.append(F.normalize(f, dim=1) if l2 else f)
     backbone.train(was_training)
     return torch.cat(feats)
 
@@ -162,11 +164,9 @@ def knn_report(backbone: nn.Module, train, test, size: int, mean, std, k: int = 
 
 
 @torch.no_grad()
-def pooled_features(backbone: nn.Module, images: torch.Tensor, size: int, mean, std, batch_size: int = 512):
-    """Un-normalised pool features (what the linear classifier sees), backbone in eval mode."""
-    device = next(backbone.parameters()).device
-    return torch.cat([backbone(prepare(images[i:i + batch_size].to(device), size, mean, std)).float()
-                      for i in range(0, images.shape[0], batch_size)])
+def pooled_features(backbone: nn.Module, images: torch.Tensor, size: int, mean, std) -> torch.Tensor:
+    """Un-normalised pool features: what the linear classifier sees."""
+    return extract_features(backbone, images, size, mean, std, l2=False)
 
 
 def linear_report(backbone: nn.Module, train, test, size: int, mean, std, fast: bool = True, epochs: int = 90,
