@@ -202,3 +202,44 @@ def test_bad_input_matrix(tmp_path, capsys):
     # only bad files: a one-line error, not an empty dataset
     with pytest.raises(DataError, match="none of the 3 image files"):
         D.read_image_folder(str(bad), 16)
+
+
+def test_stream_placement_trains_exactly_like_memory(tmp_path):
+    """Streaming decodes the same pixels in the same order through DataLoader workers, so the
+    trained weights and the kNN equal the in-memory run's bit for bit."""
+    from conftest import make_folder
+
+    from simsiam import from_preset, train
+    from simsiam.data import load_splits
+
+    data = make_folder(tmp_path / "photos", n=20)
+    kw = dict(data_dir=str(data), image_size=16, width=0.125, dim=32, pred_dim=8, proj_hidden=32, batch_size=8,
+              epochs=2, knn_every=1, knn_random_init=False, report=False, cache=False)
+    runs = {}
+    for placement in ("memory", "stream"):
+        cfg = from_preset("folder", placement=placement, workers=2, run_dir=str(tmp_path / placement), **kw)
+        train_set, test_set = load_splits(cfg)
+        assert type(train_set).__name__ == ("ImageSet" if placement == "memory" else "FileSet")
+        runs[placement] = (train(cfg), torch.load(tmp_path / placement / "checkpoint.pt", weights_only=False)["model"])
+    (mem, mem_w), (stream, stream_w) = runs["memory"], runs["stream"]
+    assert mem["knn_top1"] == stream["knn_top1"] and mem["loss"] == stream["loss"]
+    for k in mem_w:
+        assert torch.equal(mem_w[k], stream_w[k]), k
+    # auto streams once the decoded images would exceed the budget
+    auto = from_preset("folder", placement="auto", memory_budget_gb=1e-9, **kw)
+    assert type(load_splits(auto)[0]).__name__ == "FileSet"
+    assert type(load_splits(auto.replace(memory_budget_gb=1.0))[0]).__name__ == "ImageSet"
+
+
+def test_stream_skips_unreadable_files_and_strict_stops(tmp_path, capsys):
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "photos", n=4)
+    (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    files, _ = D.load_folder(str(data), 8, holdout=0.01, placement="stream")
+    got = torch.cat(list(files.batches(3, workers=2)))
+    assert len(files) == 8 and got.shape == (7, 3, 8, 8)  # 9 files, 1 held out; the broken one is dropped
+    assert "skipped 1 unreadable image file(s) while streaming" in capsys.readouterr().err
+    strict, _ = D.load_folder(str(data), 8, holdout=0.01, placement="stream", strict=True)
+    with pytest.raises(DataError, match="broken.jpg"):
+        list(strict.batches(3))

@@ -28,6 +28,10 @@ class Config:
     data_dir: str | None = _opt(None, "folder of images (sub-folders are classes, train/ and test/ or val/ are splits, "
                                 "no sub-folders = unlabeled), or a torchvision copy of cifar10/cifar100/stl10")
     strict: bool = _opt(False, "stop at the first unreadable image file instead of skipping it with a warning")
+    placement: str = _opt("auto", "memory: decode the images once into a uint8 tensor on the device (cached); stream: "
+                          "DataLoader workers decode each batch from disk; auto: stream only beyond --memory-budget-gb")
+    memory_budget_gb: float = _opt(8.0, "with --placement auto: largest decoded dataset kept in memory")
+    workers: int = _opt(2, "DataLoader workers that decode files in --placement stream")
     cache: bool = _opt(True, "cache decoded folders as .npy (keyed by file list, sizes, mtimes) for fast reloads")
     cache_dir: str | None = _opt(None, "decode cache and downloads (default $SIMSIAM_CACHE or ~/.cache/simsiam)")
     image_size: int = _opt(224, "size of the augmented crops fed to the network")
@@ -94,7 +98,7 @@ class Config:
                 raise ConfigError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}")
         if self.subset is not None and self.subset <= 0:
             raise ConfigError(f"--subset must be a positive number of images, got {self.subset}")
-        for name in ["lr", "width", "knn_t", "collapse_fraction"]:
+        for name in ["lr", "width", "knn_t", "collapse_fraction", "memory_budget_gb"]:
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise ConfigError(f"--{_flag(name)} must be a positive number, got {v}")
@@ -103,6 +107,8 @@ class Config:
                 raise ConfigError(f"--{_flag(name)} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0 < self.holdout < 1:
             raise ConfigError(f"--holdout must be in (0, 1), got {self.holdout}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.knn_every < 0:
             raise ConfigError(f"--knn-every must be >= 0, got {self.knn_every}")
         choices = {
@@ -111,6 +117,7 @@ class Config:
             "arch": ["resnet18", "resnet34", "resnet50"],
             "schedule": ["epoch", "step"],
             "precision": ["auto", "fp32", "bf16"],
+            "placement": ["auto", "memory", "stream"],
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

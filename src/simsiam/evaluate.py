@@ -17,16 +17,17 @@ from .data.augment import prepare
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images: torch.Tensor, size: int, mean, std,
+def extract_features(backbone: nn.Module, images, size: int, mean, std,
                      batch_size: int = 512, channels_last: bool = False, l2: bool = True) -> torch.Tensor:
-    """Pooled features (N, D) of uint8 images, backbone in eval mode, fp32; l2-normalised for
-    kNN, raw (`l2=False`) for the linear probe."""
+    """Pooled features (N, D) of uint8 images (a tensor, an ImageSet or a streamed FileSet),
+    backbone in eval mode, fp32; l2-normalised for kNN, raw (`l2=False`) for the linear probe."""
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
     feats = []
-    for i in range(0, images.shape[0], batch_size):
-        x = prepare(images[i:i + batch_size].to(device), size, mean, std)
+    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images.batches(batch_size)
+    for batch in batches:
+        x = prepare(batch.to(device), size, mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         f = backbone(x).float()
@@ -52,8 +53,8 @@ def knn_predict(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Te
 def knn_accuracy(backbone: nn.Module, train, test, size: int, mean, std, k: int = 200, t: float = 0.1,
                  channels_last: bool = False) -> float:
     """Top-1 kNN accuracy (0..1) of `backbone` with `train` as the bank and `test` as queries."""
-    bank = extract_features(backbone, train.images, size, mean, std, channels_last=channels_last)
-    queries = extract_features(backbone, test.images, size, mean, std, channels_last=channels_last)
+    bank = extract_features(backbone, train, size, mean, std, channels_last=channels_last)
+    queries = extract_features(backbone, test, size, mean, std, channels_last=channels_last)
     labels = train.labels.to(bank.device)
     pred = knn_predict(queries, bank, labels, len(train.classes), k, t).argmax(dim=1)
     return (pred == test.labels.to(pred.device)).float().mean().item()
@@ -155,8 +156,8 @@ class _Standardize(nn.Module):
 
 def knn_report(backbone: nn.Module, train, test, size: int, mean, std, k: int = 200, t: float = 0.1) -> dict:
     """`simsiam eval knn`: top-1, top-5 (when more than 5 classes) and per-class accuracy."""
-    bank = extract_features(backbone, train.images, size, mean, std)
-    queries = extract_features(backbone, test.images, size, mean, std)
+    bank = extract_features(backbone, train, size, mean, std)
+    queries = extract_features(backbone, test, size, mean, std)
     labels = test.labels.to(bank.device)
     scores = knn_predict(queries, bank, train.labels.to(bank.device), len(train.classes), k, t)
     return {"protocol": "knn", "k": k, "t": t, "num_bank": len(train), "num_queries": len(test),
@@ -164,7 +165,7 @@ def knn_report(backbone: nn.Module, train, test, size: int, mean, std, k: int = 
 
 
 @torch.no_grad()
-def pooled_features(backbone: nn.Module, images: torch.Tensor, size: int, mean, std) -> torch.Tensor:
+def pooled_features(backbone: nn.Module, images, size: int, mean, std) -> torch.Tensor:
     """Un-normalised pool features: what the linear classifier sees."""
     return extract_features(backbone, images, size, mean, std, l2=False)
 
@@ -188,7 +189,7 @@ def linear_report(backbone: nn.Module, train, test, size: int, mean, std, fast: 
     device = next(backbone.parameters()).device
     labels = train.labels.to(device)
     if fast:
-        feats = pooled_features(backbone, train.images, size, mean, std)
+        feats = pooled_features(backbone, train, size, mean, std)
         with torch.enable_grad():
             head = fit_linear_fast(feats, labels, len(train.classes))
         optimizer = "L-BFGS, full batch, standardised features, L2 1e-4"
@@ -199,14 +200,14 @@ def linear_report(backbone: nn.Module, train, test, size: int, mean, std, fast: 
 
         @torch.no_grad()
         def features(idx, epoch):
-            return backbone(crop(train.images[idx.to(train.images.device)].to(device), gen)).float()
+            return backbone(crop(train.take(idx).to(device), gen)).float()
 
-        dim = pooled_features(backbone, train.images[:2], size, mean, std).shape[1]
+        dim = pooled_features(backbone, train.take([0]), size, mean, std).shape[1]
         head = train_linear(features, labels, dim, len(train.classes), epochs=epochs,
                             batch_size=min(batch_size, len(train)), base_lr=base_lr, seed=seed, progress=progress)
         optimizer = f"LARS (trust 0.001), batch {min(batch_size, len(train))}, base lr {base_lr:g}, cosine, wd 0, {epochs} epochs"
     with torch.no_grad():
-        scores = head(pooled_features(backbone, test.images, size, mean, std))
+        scores = head(pooled_features(backbone, test, size, mean, std))
     if fingerprint(backbone) != before:
         raise TrainingError("the backbone's weights changed during linear evaluation; this is a bug, please report it")
     test_labels = test.labels.to(device)

@@ -135,10 +135,10 @@ def _features(run_dir: Path, device: torch.device):
         pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:MAX_BANK]
         train_set = train_set.select(pick.sort().values)
 
-    def feats(images: torch.Tensor) -> torch.Tensor:  # moved to the device batch by batch
+    def feats(images) -> torch.Tensor:  # an ImageSet or FileSet, moved to the device batch by batch
         return extract_features(backbone, images, cfg.image_size, cfg.mean, cfg.std).cpu()
 
-    return train_set, test_set, feats(train_set.images), feats(test_set.images)
+    return train_set, test_set, feats(train_set), feats(test_set)
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -259,13 +259,13 @@ def plot_retrieval(train_set, test_set, train_feats: torch.Tensor, test_feats: t
     hits = 0
     for r, q in enumerate(queries.tolist()):
         q_label = int(test_set.labels[q])
-        _show(axes[r, 0], test_set.images[q], QUERY, f"query: {test_set.classes[q_label]}")
+        _show(axes[r, 0], test_set.take([q])[0], QUERY, f"query: {test_set.classes[q_label]}")
         for c in range(top_k):
             j = int(idx[r, c])
             label = int(train_set.labels[j])
             same = label == q_label
             hits += same
-            _show(axes[r, c + 1], train_set.images[j], SAME if same else OTHER,
+            _show(axes[r, c + 1], train_set.take([j])[0], SAME if same else OTHER,
                   f"{train_set.classes[label]}  {sim[r, c]:.2f}")
     fig.suptitle(f"Test queries (blue) and their {top_k} nearest train images, titled class and cosine "
                  "similarity; green = same class, red = other", fontsize=9)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .backbones import build_backbone
 from .config import Config
-from .data import Augment, load_splits
+from .data import Augment, ImageSet, load_splits
 from .errors import ConfigError, DataError, SimSiamError, TrainingError
 from .evaluate import knn_accuracy
 from .methods import METHODS
@@ -134,6 +134,7 @@ def train(cfg: Config) -> dict:
     if not has_labels:
         log("no labelled images: kNN monitoring is off (give class sub-folders to evaluate)")
     train_set, bank_set, test_set = train_set.to(device), bank_set.to(device), test_set.to(device)
+    placement = "in memory" if isinstance(train_set, ImageSet) else f"streamed by {cfg.workers} workers"
 
     model = build_model(cfg).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -174,7 +175,7 @@ def train(cfg: Config) -> dict:
     }, indent=2) + "\n")
     log(f"{cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} test images), "
         f"{cfg.arch} width {cfg.width}, batch {cfg.batch_size}, lr {cfg.scaled_lr:g}, {cfg.epochs} epochs, "
-        f"{device}{' bf16' if bf16 else ''} -> {run_dir}")
+        f"{device}{' bf16' if bf16 else ''}, data {placement} -> {run_dir}")
 
     writer = _tensorboard(run_dir) if cfg.tensorboard else None
     low_epochs = 0  # consecutive epochs with z-std under the collapse threshold
@@ -192,10 +193,12 @@ def train(cfg: Config) -> dict:
         zstd_sum = torch.zeros((), device=device)
         perm = torch.randperm(len(train_set), generator=gen, device=device)
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-        for step in range(steps_per_epoch):
+        batches = train_set.batches(cfg.batch_size, order=perm, drop_last=True, workers=cfg.workers)
+        n_steps = 0
+        for step, images in enumerate(batches):
             if cfg.schedule == "step":
                 set_lr(optimizer, cfg.scaled_lr, (epoch * steps_per_epoch + step) / total_steps)
-            images = train_set.images[perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+            images = images.to(device, non_blocking=True)  # a no-op when the data lives on the device
             x1, x2 = (x.contiguous(memory_format=memory_format) for x in augment.two_views(images, gen))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(x1, x2)
@@ -204,8 +207,9 @@ def train(cfg: Config) -> dict:
             optimizer.step()
             loss_sum += out["loss"].detach().float()
             zstd_sum += out["z_std"]
+            n_steps += 1
             bar.update(1)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_epoch:
+            if (step + 1) % cfg.log_every == 0:
                 loss_now = _check_finite(out["loss"], epoch, step, cfg)
                 elapsed = time.perf_counter() - t0
                 if writer is not None:
@@ -214,16 +218,17 @@ def train(cfg: Config) -> dict:
                     writer.add_scalar("step/z_std", out["z_std"].item(), global_step)
                 bar.set_postfix(loss=f"{loss_now:.4f}", z_std=f"{out['z_std'].item():.4f}",
                                 img_s=f"{(step + 1) * cfg.batch_size / elapsed:.0f}", refresh=False)
+        _check_finite(out["loss"], epoch, step, cfg)  # never checkpoint a non-finite epoch
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
         last = {
             "epoch": epoch + 1,
-            "loss": (loss_sum / steps_per_epoch).item(),
-            "z_std": (zstd_sum / steps_per_epoch).item(),
+            "loss": (loss_sum / n_steps).item(),
+            "z_std": (zstd_sum / n_steps).item(),
             "z_std_healthy": z_healthy,
             "lr": optimizer.param_groups[0]["lr"],
             "lr_groups": {g["name"]: g["lr"] for g in optimizer.param_groups},
-            "images_per_second": steps_per_epoch * cfg.batch_size / epoch_seconds,
+            "images_per_second": n_steps * cfg.batch_size / epoch_seconds,
             "epoch_seconds": epoch_seconds,
         }
         if has_labels and (epoch + 1 == cfg.epochs or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):

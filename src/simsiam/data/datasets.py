@@ -50,6 +50,79 @@ class ImageSet:
         """The images with a label (the kNN bank / evaluation set)."""
         return self.select(torch.nonzero(self.labels >= 0).flatten())
 
+    def take(self, idx) -> torch.Tensor:
+        """uint8 images (len(idx), 3, S, S), on the set's device."""
+        return self.images[idx]
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, drop_last: bool = False, workers: int = 0):
+        """uint8 batches in `order` (default: stored order); no workers needed, they are in memory."""
+        order = torch.arange(len(self), device=self.images.device) if order is None else order.to(self.images.device)
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        for i in range(0, stop, batch_size):
+            yield self.images[order[i:i + batch_size]]
+
+
+@dataclass
+class FileSet:
+    """Images left on disk and decoded by DataLoader workers batch by batch (`--placement stream`),
+    for folders too large to hold decoded in memory. Same interface as ImageSet; a file that cannot
+    be decoded is dropped from its batch and counted."""
+    paths: list[str]
+    labels: torch.Tensor  # int64 (N,), UNLABELED where unknown
+    classes: list[str]
+    size: int
+    strict: bool = False
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def select(self, idx: torch.Tensor) -> "FileSet":
+        idx = torch.as_tensor(idx).flatten().tolist()
+        return FileSet([self.paths[i] for i in idx], self.labels[idx], self.classes, self.size, self.strict)
+
+    def to(self, device) -> "FileSet":
+        return self  # batches move to the device as they are drawn
+
+    def labeled(self) -> "FileSet":
+        return self.select(torch.nonzero(self.labels >= 0).flatten())
+
+    def take(self, idx) -> torch.Tensor:
+        idx = torch.as_tensor(idx).flatten().tolist()
+        return next(self.batches(max(1, len(idx)), order=torch.tensor(idx, dtype=torch.int64)))
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, drop_last: bool = False, workers: int = 0):
+        from torch.utils.data import BatchSampler, DataLoader
+
+        order = torch.arange(len(self)) if order is None else order.cpu()
+        loader = DataLoader(_Decode(self.paths, self.size, self.strict), num_workers=workers, collate_fn=_stack_good,
+                            batch_sampler=BatchSampler(order.tolist(), batch_size, drop_last), pin_memory=False)
+        bad = 0
+        for images, n_bad in loader:
+            bad += n_bad
+            if len(images):
+                yield images
+        if bad:
+            warn(f"skipped {bad} unreadable image file(s) while streaming {os.path.commonpath(self.paths)}")
+
+
+class _Decode(torch.utils.data.Dataset):
+    def __init__(self, paths, size, strict):
+        self.paths, self.size, self.strict = paths, size, strict
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        a = decode_image(self.paths[i], self.size)
+        if a is None and self.strict:
+            raise DataError(f"cannot read image {self.paths[i]}; fix or remove it, or drop --strict to skip bad files")
+        return None if a is None else torch.from_numpy(a).permute(2, 0, 1)
+
+
+def _stack_good(items):
+    good = [x for x in items if x is not None]
+    return (torch.stack(good) if good else torch.zeros(0, dtype=torch.uint8)), len(items) - len(good)
+
 
 def load_splits(cfg) -> tuple[ImageSet, ImageSet]:
     if cfg.dataset == "digits":
@@ -57,7 +130,8 @@ def load_splits(cfg) -> tuple[ImageSet, ImageSet]:
     cache = cache_root(cfg.cache_dir) if cfg.cache else None
     if cfg.dataset in TORCHVISION_SETS and not (cfg.data_dir and _has_split_folders(cfg.data_dir)):
         return load_torchvision(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.cache_dir)
-    return load_folder(cfg.data_dir, cfg.image_size, cfg.holdout, strict=cfg.strict, cache=cache)
+    return load_folder(cfg.data_dir, cfg.image_size, cfg.holdout, strict=cfg.strict, cache=cache,
+                       placement=cfg.placement, memory_budget_gb=cfg.memory_budget_gb)
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -137,19 +211,37 @@ def _has_split_folders(root: str) -> bool:
 
 # --- image folders -------------------------------------------------------------------------------
 
-def load_folder(root: str, size: int, holdout: float = 0.2, strict: bool = False,
-                cache: Path | None = None) -> tuple[ImageSet, ImageSet]:
+def load_folder(root: str, size: int, holdout: float = 0.2, strict: bool = False, cache: Path | None = None,
+                placement: str = "memory", memory_budget_gb: float = 8.0):
     """An ImageFolder tree (sub-folders = classes). With `train/` and `test/` (or `val/`)
     sub-folders those are the splits; otherwise a fixed fraction is held out as the test split.
-    A folder with images but no class sub-folders is read as unlabeled (pretraining only)."""
+    A folder with images but no class sub-folders is read as unlabeled (pretraining only).
+
+    placement: "memory" decodes everything once into uint8 tensors (cached); "stream" leaves the
+    files on disk (FileSet); "auto" streams when the decoded images would exceed the budget."""
     if not root or not os.path.isdir(root):
         raise DataError(f"data folder {root} does not exist; give --data-dir a folder of images (sub-folders = classes)")
+    dirs = [root]
     if _has_split_folders(root):
-        test_dir = next(os.path.join(root, s) for s in ("test", "val") if os.path.isdir(os.path.join(root, s)))
-        train = read_image_folder(os.path.join(root, "train"), size, strict=strict, cache=cache)
-        test = read_image_folder(test_dir, size, classes=train.classes, strict=strict, cache=cache)
-        return train, test
-    return holdout_split(read_image_folder(root, size, strict=strict, cache=cache), holdout)
+        dirs = [os.path.join(root, "train"),
+                next(os.path.join(root, s) for s in ("test", "val") if os.path.isdir(os.path.join(root, s)))]
+    listed, classes = [], None
+    for d in dirs:
+        found, samples = _list_samples(d)
+        if classes is not None and found != classes:
+            raise DataError(f"the classes of {d} ({len(found)}) differ from the training split's ({len(classes)}); "
+                            "give both splits the same class folders")
+        classes = found
+        listed.append(samples)
+    n = sum(len(s) for s in listed)
+    if placement == "auto":
+        placement = "stream" if n * 3 * size * size > memory_budget_gb * 2**30 else "memory"
+    if placement == "stream":
+        sets = [FileSet([p for p, _ in s], torch.tensor([y for _, y in s], dtype=torch.int64), classes, size, strict)
+                for s in listed]
+    else:
+        sets = [_decode_samples(d, s, classes, size, strict, cache) for d, s in zip(dirs, listed)]
+    return tuple(sets) if len(sets) == 2 else holdout_split(sets[0], holdout)
 
 
 def list_images(root: str) -> list[str]:
@@ -158,18 +250,24 @@ def list_images(root: str) -> list[str]:
     return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.lower().endswith(exts))
 
 
-def read_image_folder(root: str, size: int, classes: list[str] | None = None, strict: bool = False,
-                      cache: Path | None = None) -> ImageSet:
+def _list_samples(root: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, [(path, label)]) of an ImageFolder; a flat folder gives no classes, label -1."""
     try:
         found, class_to_idx = find_classes(root)
         samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     except FileNotFoundError:  # no class sub-folders: a flat folder of unlabeled images
         found, samples = [], [(p, UNLABELED) for p in list_images(root)]
-    if classes is not None and found != classes:
-        raise DataError(f"the classes of {root} ({len(found)}) differ from the training split's ({len(classes)}); "
-                        "give both splits the same class folders")
     if not samples:
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS[:4])}, ...) found under {root}; check --data-dir")
+    return found, samples
+
+
+def read_image_folder(root: str, size: int, strict: bool = False, cache: Path | None = None) -> ImageSet:
+    found, samples = _list_samples(root)
+    return _decode_samples(root, samples, found, size, strict, cache)
+
+
+def _decode_samples(root, samples, found, size, strict, cache) -> ImageSet:
     key = _cache_key(samples, size) if cache else None
     cached = _load_cache(cache, key) if cache else None
     if cached is not None:
