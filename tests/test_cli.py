@@ -33,8 +33,9 @@ def assert_one_line_error(res, *needles):
     (["--dataset", "folder"], ["--data-dir"]),
     (["--resume", "--run-dir", "/nonexistent/run"], ["config.json"]),
 ])
-def test_bad_options_are_one_line_errors(args, needles):
-    assert_one_line_error(run_cli("train", *args), *needles)
+def test_bad_options_are_one_line_errors(args, needles, tmp_path):
+    assert_one_line_error(run_cli("train", *args, cwd=tmp_path), *needles)
+    assert not (tmp_path / "runs").exists()  # a failed start leaves no empty run directory
 
 
 def test_empty_data_dir(tmp_path):

@@ -112,7 +112,6 @@ def train(cfg: Config) -> dict:
         raise TrainingError(f"--resume: no {CHECKPOINT} in {run_dir}; start without --resume or give the right --run-dir")
     if not cfg.resume and ckpt_path.exists():
         raise TrainingError(f"{run_dir} already holds a run; add --resume to continue it or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
@@ -133,6 +132,7 @@ def train(cfg: Config) -> dict:
     has_labels = len(bank_set) > 0 and len(test_set) > 0
     if not has_labels:
         log("no labelled images: kNN monitoring is off (give class sub-folders to evaluate)")
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or options leave no empty run dir behind
     train_set, bank_set, test_set = train_set.to(device), bank_set.to(device), test_set.to(device)
     placement = "in memory" if isinstance(train_set, ImageSet) else f"streamed by {cfg.workers} workers"
 
