@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from simsiam.config import PRESETS, Config, ConfigError, from_preset
-from simsiam.train import build_optimizer, cosine_lr, set_lr
+from simsiam.train import build_optimizer, cosine_lr, lr_at, set_lr
 from simsiam.methods.simsiam import SimSiam
 
 
@@ -43,8 +43,8 @@ def test_bad_values_fail(bad):
 
 
 def test_unknown_key_and_wrong_type_fail_loudly():
-    with pytest.raises(ConfigError, match="temperature"):
-        Config.from_dict({"temperature": 0.5})
+    with pytest.raises(ConfigError, match="temprature"):
+        Config.from_dict({"temprature": 0.5})  # a typo never passes silently
     with pytest.raises(ConfigError, match="batch_size"):
         Config.from_dict({"batch_size": "512"})
     with pytest.raises(ConfigError, match="stop_gradient"):
@@ -64,7 +64,7 @@ def test_lr_schedule_cosine_encoder_fixed_predictor():
     groups = {g["name"]: g for g in opt.param_groups}
     assert groups["encoder"]["weight_decay"] == groups["predictor"]["weight_decay"] == 1e-4
     for progress in [0.0, 0.25, 0.5, 0.99]:
-        set_lr(opt, base, progress)
+        set_lr(opt, cosine_lr(base, progress), base)
         assert groups["encoder"]["lr"] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * progress)))
         assert groups["predictor"]["lr"] == base
     assert cosine_lr(1.0, 1.0) == pytest.approx(0.0, abs=1e-12) and cosine_lr(1.0, 0.5) == pytest.approx(0.5)
@@ -72,5 +72,17 @@ def test_lr_schedule_cosine_encoder_fixed_predictor():
 
 def test_lr_schedule_decays_predictor_without_fix_pred_lr():
     opt = _optimizer(fix_pred_lr=False)
-    set_lr(opt, 0.05, 0.5)
+    set_lr(opt, cosine_lr(0.05, 0.5), 0.05)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.025, 0.025])
+
+
+def test_lr_at_warmup_then_cosine_over_the_remaining_epochs():
+    cfg = Config(epochs=12, warmup_epochs=2, batch_size=256, lr=0.4)  # scaled lr 0.4
+    lrs = [lr_at(cfg, e, s, 5) for e in range(12) for s in range(5)]
+    assert lrs[0] == pytest.approx((0.04, 0.04)) and lrs[9] == pytest.approx((0.4, 0.4))  # linear, per step
+    assert lrs[10] == pytest.approx((0.4, 0.4))  # epoch 2: cosine starts at its top
+    assert lrs[11] == lrs[10]  # per-epoch cosine (official code) is flat within an epoch
+    assert lrs[35][0] == pytest.approx(cosine_lr(0.4, 5 / 10)) and lrs[35][1] == 0.4  # fixed groups stay at base
+    step = lr_at(cfg.replace(schedule="step"), 7, 0, 5)[0]
+    assert step == pytest.approx(cosine_lr(0.4, 5 / 10))
+    assert lr_at(cfg.replace(warmup_epochs=0), 0, 3, 5) == (0.4, 0.4)  # no warm-up by default

@@ -22,7 +22,8 @@ def _opt(default, help: str, **kw):
 @dataclass
 class Config:
     # --- what to train on
-    method: str = _opt("simsiam", "self-supervised method (only simsiam in this release)")
+    method: str = _opt("simsiam", "self-supervised method: simsiam | simclr | byol | swav (each sets its own defaults, "
+                       "e.g. simclr: no predictor, no stop-gradient; options you give override them)")
     dataset: str = _opt("digits", "digits (embedded, no download) | cifar10 | cifar100 | stl10 (torchvision: "
                         "--data-dir holds a copy, else downloaded) | folder (images in --data-dir)")
     data_dir: str | None = _opt(None, "folder of images (sub-folders are classes, train/ and test/ or val/ are splits, "
@@ -47,6 +48,17 @@ class Config:
     pred_dim: int = _opt(512, "predictor bottleneck width (512 for d = 2048, Sec. 3)")
     stop_gradient: bool = _opt(True, "stop-gradient on the target z; off collapses (paper Fig. 2)")
     predictor: bool = _opt(True, "predictor MLP h; off collapses (paper Table 1a)")
+    fixed_predictor: bool = _opt(False, "keep the predictor at its random init, never updated (paper Table 1b: 1.5%)")
+    head_bn: str = _opt("default", "BN in the MLP heads (paper Table 3): none | hidden (hidden layers only) | default "
+                        "(hidden + projector output) | all (also the predictor output: unstable)")
+    similarity: str = _opt("cosine", "D(p, z): cosine (Eq. 1) | cross-entropy (softmax over channels, Sec. 4.5: 63.2 vs 68.1)")
+    symmetry: str = _opt("sym", "loss terms (Sec. 4.6): sym (Eq. 2) | asym: D(p1, sg(z2)) only | asym2x: asym on two "
+                         "augmentation pairs per image (same predictions per image as sym)")
+    alternation: str = _opt("off", "Sec. 5.2 k-step alternation: off (SimSiam) | K: targets eta = f(T'(x)) from the frozen "
+                            "encoder, pre-computed for the next K steps, then K SGD steps against them | epoch")
+    target_memory: bool = _opt(False, "Sec. 5.2 expectation over augmentations: one target eta_x per training image, a "
+                               "moving average of f(T'(x)); use with --no-predictor (paper: 55.0%, no collapse)")
+    memory_momentum: float = _opt(0.8, "m in eta_x <- m eta_x + (1 - m) f(T'(x)) for --target-memory (paper: 0.8)")
     # --- optimisation (official code defaults for ImageNet)
     epochs: int = _opt(100, "training epochs")
     batch_size: int = _opt(512, "images per step (each gives two views)")
@@ -55,6 +67,8 @@ class Config:
     weight_decay: float = _opt(1e-4, "weight decay on every parameter, BN included (paper Sec. 3)")
     fix_pred_lr: bool = _opt(True, "keep the predictor's lr at the initial value (paper Table 1c: 68.1 vs 67.7)")
     schedule: str = _opt("epoch", "cosine decay applied per 'epoch' (official code) or per 'step'")
+    warmup_epochs: int = _opt(0, "linear lr warm-up epochs before the cosine (paper: 10 for batch >= 1024 and for the "
+                              "no-BN heads; 0 otherwise)")
     # --- augmentation (paper Sec. 3, MoCo v2 recipe); applied per sample on the device
     crop_scale: tuple[float, float] = _opt((0.2, 1.0), "RandomResizedCrop area fraction range", nargs=2)
     crop_ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range", nargs=2)
@@ -67,6 +81,20 @@ class Config:
     solarize_p: float = _opt(0.0, "probability of solarize (threshold 0.5); 0 for SimSiam, used by the baselines")
     mean: tuple[float, float, float] = _opt((0.485, 0.456, 0.406), "normalisation mean", nargs=3)
     std: tuple[float, float, float] = _opt((0.229, 0.224, 0.225), "normalisation std", nargs=3)
+    # --- baselines (simclr, byol, swav: paper Sec. 6, DESIGN.md Sec. 4); unused by simsiam
+    temperature: float = _opt(0.1, "SimCLR NT-Xent and SwAV softmax temperature")
+    ema_tau: float = _opt(0.99, "BYOL: base EMA rate of the target encoder, raised to 1 by a cosine over the steps")
+    prototypes: int = _opt(3000, "SwAV: number of prototypes (l2-normalised, no bias)")
+    sinkhorn_iters: int = _opt(3, "SwAV: Sinkhorn-Knopp iterations")
+    sinkhorn_eps: float = _opt(0.05, "SwAV: Sinkhorn-Knopp epsilon (entropy regularisation)")
+    freeze_prototypes_epochs: int = _opt(1, "SwAV: prototypes get no update during the first N epochs")
+    queue_size: int = _opt(0, "SwAV: queue of past projections used in Sinkhorn (0 = off)")
+    queue_start_epoch: int = _opt(0, "SwAV: epoch from which the queue is used")
+    small_crops: int = _opt(0, "multi-crop: number of extra small views (SwAV: 6); 0 = two views only")
+    small_crop_size: int = _opt(96, "multi-crop: size of the small views (96 on ImageNet, 18 on CIFAR)")
+    small_crop_scale: tuple[float, float] = _opt((0.05, 0.14), "multi-crop: area fraction range of the small views", nargs=2)
+    blur_p2: float | None = _opt(None, "blur probability of the second view (BYOL: 0.1); None = same as --blur-p")
+    solarize_p2: float | None = _opt(None, "solarize probability of the second view (BYOL: 0.2); None = same as --solarize-p")
     # --- monitoring
     knn_k: int = _opt(200, "kNN monitor: neighbours")
     knn_t: float = _opt(0.1, "kNN monitor: temperature of the exp(sim/T) vote weights (the authors used 0.2)")
@@ -91,28 +119,51 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
-        positive = ["image_size", "proj_layers", "proj_hidden", "dim", "pred_dim", "epochs", "batch_size", "knn_k", "log_every",
-                    "collapse_patience"]
+        positive = ["image_size", "proj_layers", "proj_hidden", "dim", "pred_dim", "epochs", "batch_size", "knn_k",
+                    "log_every", "collapse_patience", "prototypes", "sinkhorn_iters", "small_crop_size"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}")
         if self.subset is not None and self.subset <= 0:
             raise ConfigError(f"--subset must be a positive number of images, got {self.subset}")
-        for name in ["lr", "width", "knn_t", "collapse_fraction", "memory_budget_gb"]:
+        for name in ["lr", "width", "knn_t", "collapse_fraction", "memory_budget_gb", "temperature", "sinkhorn_eps"]:
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise ConfigError(f"--{_flag(name)} must be a positive number, got {v}")
-        for name in ["hflip", "jitter_p", "gray_p", "blur_p", "solarize_p"]:
-            if not 0 <= getattr(self, name) <= 1:
+        for name in ["hflip", "jitter_p", "gray_p", "blur_p", "solarize_p", "blur_p2", "solarize_p2"]:
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"--{_flag(name)} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0 < self.holdout < 1:
             raise ConfigError(f"--holdout must be in (0, 1), got {self.holdout}")
+        if not 0 <= self.memory_momentum < 1:
+            raise ConfigError(f"--memory-momentum must be in [0, 1), got {self.memory_momentum}")
+        if not 0 <= self.ema_tau <= 1:
+            raise ConfigError(f"--ema-tau must be in [0, 1], got {self.ema_tau}")
+        for name in ["warmup_epochs", "queue_size", "queue_start_epoch", "small_crops", "freeze_prototypes_epochs"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ConfigError(f"--warmup-epochs {self.warmup_epochs} leaves no epoch for the cosine of --epochs {self.epochs}")
+        if self.alternation not in ("off", "epoch") and not (self.alternation.isdigit() and int(self.alternation) > 0):
+            raise ConfigError(f"--alternation must be off, epoch or a positive number of steps, got {self.alternation!r}")
+        if self.method != "simsiam" and (self.alternation != "off" or self.target_memory):
+            raise ConfigError("--alternation and --target-memory are SimSiam experiments (Sec. 5.2); use --method simsiam")
+        if self.alternation != "off" and self.target_memory:
+            raise ConfigError("--alternation and --target-memory are two different Sec. 5.2 experiments; choose one")
+        if self.alternation != "off" and (self.symmetry == "asym2x" or self.small_crops):
+            raise ConfigError("--alternation replays two views per step; it does not combine with --symmetry asym2x "
+                              "or --small-crops")
+        if self.target_memory and self.symmetry == "asym2x":
+            raise ConfigError("--target-memory has one target per image; --symmetry asym2x does not apply")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.knn_every < 0:
             raise ConfigError(f"--knn-every must be >= 0, got {self.knn_every}")
         choices = {
-            "method": ["simsiam"],
+            "method": ["simsiam", "simclr", "byol", "swav"],
+            "head_bn": ["none", "hidden", "default", "all"],
+            "similarity": ["cosine", "cross-entropy"],
+            "symmetry": ["sym", "asym", "asym2x"],
             "dataset": ["digits", "folder", "cifar10", "cifar100", "stl10"],
             "arch": ["resnet18", "resnet34", "resnet50"],
             "schedule": ["epoch", "step"],
@@ -218,10 +269,14 @@ DEFAULT_PRESET = "digits"
 
 
 def from_preset(name: str | None, **overrides) -> Config:
+    """Preset values, then the method's own defaults (`methods.DEFAULTS`), then `overrides`."""
+    from .methods import DEFAULTS
+
     name = name or DEFAULT_PRESET
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return Config.from_dict({**PRESETS[name], **overrides, "preset": name})
+    method = overrides.get("method", PRESETS[name].get("method", "simsiam"))
+    return Config.from_dict({**PRESETS[name], **DEFAULTS.get(method, {}), **overrides, "preset": name})
 
 
 def load_json(path) -> Config:

@@ -23,6 +23,7 @@ from .backbones import build_backbone
 from .config import Config
 from .data import Augment, ImageSet, load_splits
 from .errors import ConfigError, DataError, SimSiamError, TrainingError
+from .eta import TargetMemory, block_length, block_targets
 from .evaluate import knn_accuracy
 from .methods import METHODS
 from .runs import read_metrics
@@ -68,13 +69,26 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
 
 
 def cosine_lr(base_lr: float, progress: float) -> float:
-    """Half-cosine from base_lr at progress 0 to 0 at progress 1, no warm-up (official code)."""
+    """Half-cosine from base_lr at progress 0 to 0 at progress 1 (official code)."""
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, progress: float) -> None:
+def lr_at(cfg: Config, epoch: int, step: int, steps_per_epoch: int) -> tuple[float, float]:
+    """(lr of the decayed groups, lr of the fixed ones) at this step. No warm-up by default
+    (official code); `warmup_epochs` ramps both linearly per step, then the cosine runs over the
+    remaining epochs, per epoch or per step (`schedule`)."""
+    base, warm = cfg.scaled_lr, cfg.warmup_epochs
+    done = epoch * steps_per_epoch + step  # steps before this one
+    if done < warm * steps_per_epoch:
+        lr = base * (done + 1) / (warm * steps_per_epoch)
+        return lr, lr
+    t = epoch if cfg.schedule == "epoch" else done / steps_per_epoch
+    return cosine_lr(base, (t - warm) / (cfg.epochs - warm)), base
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, fixed_lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = base_lr if group["fix_lr"] else cosine_lr(base_lr, progress)
+        group["lr"] = fixed_lr if group["fix_lr"] else lr
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -135,6 +149,8 @@ def train(cfg: Config) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or options leave no empty run dir behind
     train_set, bank_set, test_set = train_set.to(device), bank_set.to(device), test_set.to(device)
     placement = "in memory" if isinstance(train_set, ImageSet) else f"streamed by {cfg.workers} workers"
+    if (cfg.alternation != "off" or cfg.target_memory) and not isinstance(train_set, ImageSet):
+        raise ConfigError("--alternation and --target-memory index the training images; use --placement memory")
 
     model = build_model(cfg).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -143,6 +159,10 @@ def train(cfg: Config) -> dict:
     augment = Augment.from_config(cfg)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # data order + augmentation
     z_healthy = 1 / math.sqrt(model.dim)
+    memory = TargetMemory(len(train_set), model.dim, cfg.memory_momentum, device) if cfg.target_memory else None
+
+    def views(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(x.contiguous(memory_format=memory_format) for x in augment.two_views(images, gen))
 
     def knn() -> float | None:
         if not has_labels:
@@ -160,6 +180,8 @@ def train(cfg: Config) -> dict:
             raise TrainingError(f"{ckpt_path} does not match this configuration ({str(e).splitlines()[0]}); "
                                 "resume with the run's own options") from None
         gen.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
+        if memory is not None:
+            memory.load_state_dict(state["memory"])
         start_epoch, train_seconds, knn_random = state["epoch"], state["train_seconds"], state["knn_random_init"]
         log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
     else:
@@ -167,6 +189,8 @@ def train(cfg: Config) -> dict:
         if cfg.knn_random_init and has_labels:
             knn_random = knn()
             log(f"kNN top-1 of the backbone at random init: {100 * knn_random:.2f}%")
+        if memory is not None:
+            memory.fill(model.encoder, train_set, augment, gen, cfg.batch_size, memory_format)
 
     (run_dir / "config.json").write_text(json.dumps(cfg.replace(resume=False).to_dict(), indent=2) + "\n")
     (run_dir / "run.json").write_text(json.dumps({
@@ -181,13 +205,13 @@ def train(cfg: Config) -> dict:
     low_epochs = 0  # consecutive epochs with z-std under the collapse threshold
     steps_per_epoch = len(train_set) // cfg.batch_size  # drop_last, as the official loader
     total_steps = steps_per_epoch * cfg.epochs
+    block = block_length(cfg.alternation, steps_per_epoch)  # k-step alternation (0 = off)
+    pairs = 2 if cfg.symmetry == "asym2x" else 1  # Sec. 4.6: asym. 2x draws two pairs per image
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, unit="step", dynamic_ncols=True,
                mininterval=1.0, file=sys.stderr)
     model.train()
     last = {}
     for epoch in range(start_epoch, cfg.epochs):
-        if cfg.schedule == "epoch":
-            set_lr(optimizer, cfg.scaled_lr, epoch / cfg.epochs)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         zstd_sum = torch.zeros((), device=device)
@@ -195,16 +219,42 @@ def train(cfg: Config) -> dict:
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
         batches = train_set.batches(cfg.batch_size, order=perm, drop_last=True, workers=cfg.workers)
         n_steps = 0
+        bs = cfg.batch_size
         for step, images in enumerate(batches):
-            if cfg.schedule == "step":
-                set_lr(optimizer, cfg.scaled_lr, (epoch * steps_per_epoch + step) / total_steps)
+            set_lr(optimizer, *lr_at(cfg, epoch, step, steps_per_epoch))
             images = images.to(device, non_blocking=True)  # a no-op when the data lives on the device
-            x1, x2 = (x.contiguous(memory_format=memory_format) for x in augment.two_views(images, gen))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = model(x1, x2)
+            index = perm[step * bs:(step + 1) * bs]
+            extra = {}
+            if block and step % block == 0:  # Sec. 5.2: eta for the next `block` steps, then replay their views
+                replay = gen.get_state()
+                future = [views(train_set.take(perm[j * bs:(j + 1) * bs]))
+                          for j in range(step, min(step + block, steps_per_epoch))]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    etas = block_targets(model.encoder, future)
+                gen.set_state(replay)
+                del future
+            if block:
+                extra["targets"] = etas[step % block]
+            if memory is not None:
+                extra["targets"] = memory.targets(index)
+            outs = []
+            for _ in range(pairs):
+                x1, x2 = views(images)
+                if cfg.small_crops:  # multi-crop (SwAV): drawn after the two large views
+                    extra["small"] = [x.contiguous(memory_format=memory_format)
+                                      for x in augment.small_views(images, gen, cfg.small_crops)]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    outs.append(model(x1, x2, **extra))
+            out = outs[0] if pairs == 1 else dict(outs[0], loss=sum(o["loss"] for o in outs) / pairs)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
+            if hasattr(model, "after_backward"):  # method hooks (methods/__init__.py)
+                model.after_backward(epoch)
             optimizer.step()
+            if hasattr(model, "after_step"):
+                model.after_step((epoch * steps_per_epoch + step + 1) / total_steps)
+            if memory is not None:
+                memory.update(index, out["z1"], out["z2"])
             loss_sum += out["loss"].detach().float()
             zstd_sum += out["z_std"]
             n_steps += 1
@@ -253,7 +303,7 @@ def train(cfg: Config) -> dict:
         save_checkpoint(ckpt_path, {
             "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "generator": gen.get_state(), "train_seconds": train_seconds, "knn_random_init": knn_random,
-            "config": cfg.to_dict(),
+            "config": cfg.to_dict(), "memory": memory.state_dict() if memory is not None else None,
         })
     bar.close()
     if writer is not None:
