@@ -205,6 +205,34 @@ def plot_z_std(metrics: list[dict], cfg: Config | None) -> Figure | None:
     return fig
 
 
+def plot_curves(curves: dict[str, list[dict]], key: str, title: str, ylabel: str, hline: float | None = None,
+                scale_by_healthy: bool = False) -> Figure | None:
+    """One line per run (label -> its metrics) of `key` against the epoch: the z-std curves of
+    `simsiam reproduce`, the kNN curves of `simsiam compare`. With `scale_by_healthy` z-std is
+    divided by its 1/sqrt(d), so runs with different d share one axis (1 = healthy)."""
+    fig = _figure((7, 4.5))
+    ax = _curve_axes(fig, title, ylabel + (" / (1/sqrt d)" if scale_by_healthy else ""))
+    drawn = False
+    for i, (label, metrics) in enumerate(curves.items()):
+        epochs, values = _series(metrics, key)
+        if scale_by_healthy:
+            values = [v / m["z_std_healthy"] for v, m in zip(values, [m for m in metrics if m.get(key) is not None])]
+        if epochs:
+            ax.plot(epochs, values, marker=_marker(len(epochs)), color=f"C{i % 10}", label=label)
+            drawn = True
+    if not drawn:
+        return None
+    if scale_by_healthy:
+        hline = 1.0
+    if hline is not None:
+        ax.axhline(hline, color="C7", linestyle="--",
+                   label="healthy 1/sqrt(d)" + ("" if scale_by_healthy else f" = {hline:.4f}"))
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def plot_knn(metrics: list[dict], random_init: float | None) -> Figure | None:
     epochs, acc = _series(metrics, "knn_top1")
     if not epochs:

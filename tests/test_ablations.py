@@ -1,0 +1,176 @@
+"""The paper's ablation options (Sec. 4) and Sec. 5.2 experiments change exactly what they should."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from test_method import tiny_simsiam
+
+from simsiam import from_preset, train
+from simsiam.cli import main
+from simsiam.config import Config
+from simsiam.errors import ConfigError
+from simsiam.eta import TargetMemory, block_length
+from simsiam.methods.simsiam import cross_entropy_similarity, negative_cosine, prediction_mlp, projection_mlp
+from simsiam.reproduce import GROUPS, configs, run_group
+
+TINY = dict(width=0.125, dim=64, pred_dim=16, proj_hidden=64, knn_every=0, knn_random_init=False, report=False,
+            subset=256, batch_size=64, epochs=1)
+
+
+def _kinds(seq: nn.Sequential) -> list[str]:
+    return [type(m).__name__ for m in seq]
+
+
+def test_head_bn_variants_table3():
+    assert _kinds(projection_mlp(8, 16, 4, 3, "none")) == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert all(m.bias is not None for m in projection_mlp(8, 16, 4, 3, "none") if isinstance(m, nn.Linear))
+    hidden = projection_mlp(8, 16, 4, 2, "hidden")
+    assert _kinds(hidden) == ["Linear", "BatchNorm1d", "ReLU", "Linear"] and hidden[-1].bias is not None
+    default = projection_mlp(8, 16, 4, 2, "default")
+    assert _kinds(default)[-1] == "BatchNorm1d" and not default[-1].affine and default[-2].bias is None
+    assert _kinds(prediction_mlp(4, 2, "none")) == ["Linear", "ReLU", "Linear"]
+    assert _kinds(prediction_mlp(4, 2, "default")) == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert _kinds(prediction_mlp(4, 2, "all")) == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
+
+
+def test_cross_entropy_similarity_matches_hand_computation():
+    p = torch.tensor([[0.0, math.log(3.0)]])  # softmax(p) = (1/4, 3/4)
+    z = torch.tensor([[0.0, 0.0]])  # softmax(z) = (1/2, 1/2)
+    expected = -(0.5 * math.log(0.25) + 0.5 * math.log(0.75))
+    assert cross_entropy_similarity(p, z).item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "cross-entropy"])
+def test_asymmetric_loss_is_the_first_term_only(similarity):
+    model = tiny_simsiam(symmetric=False, similarity=similarity)
+    out = model(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4))
+    d = negative_cosine if similarity == "cosine" else cross_entropy_similarity
+    torch.testing.assert_close(out["loss"], d(out["p1"], out["z2"]))
+    assert torch.autograd.grad(out["loss"], out["p2"], allow_unused=True)[0] is None  # p2 unused
+
+
+def test_targets_replace_the_other_views_z_and_carry_no_gradient():
+    model = tiny_simsiam()
+    t1, t2 = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
+    out = model(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4), targets=(t1, t2))
+    torch.testing.assert_close(out["loss"], negative_cosine(out["p1"], t2) / 2 + negative_cosine(out["p2"], t1) / 2)
+    out["loss"].backward()
+    assert t1.grad is None and t2.grad is None
+
+
+def test_target_memory_updates_only_the_batch_rows_with_m():
+    mem = TargetMemory(5, 3, momentum=0.8, device="cpu")
+    mem.eta[:] = F.normalize(torch.randn(5, 3), dim=1)
+    before = mem.eta.clone()
+    index = torch.tensor([1, 3])
+    z1, z2 = torch.randn(2, 3), torch.randn(2, 3)
+    mem.update(index, z1, z2)
+    sample = F.normalize(F.normalize(z1, dim=1) + F.normalize(z2, dim=1), dim=1)
+    expected = F.normalize(0.8 * before[index] + 0.2 * sample, dim=1)
+    torch.testing.assert_close(mem.eta[index], expected)
+    untouched = torch.tensor([0, 2, 4])
+    assert torch.equal(mem.eta[untouched], before[untouched])
+    t1, t2 = mem.targets(index)
+    assert torch.equal(t1, t2) and torch.equal(t1, mem.eta[index])
+
+
+def test_block_length():
+    assert block_length("off", 11) == 0 and block_length("10", 11) == 10
+    assert block_length("100", 11) == 11 and block_length("epoch", 11) == 11
+
+
+@pytest.mark.parametrize("bad", [
+    {"alternation": "0"}, {"alternation": "often"}, {"head_bn": "some"}, {"similarity": "dot"},
+    {"symmetry": "asym3x"}, {"memory_momentum": 1.0}, {"warmup_epochs": 100, "epochs": 100},
+    {"alternation": "10", "target_memory": True}, {"alternation": "10", "symmetry": "asym2x"},
+])
+def test_bad_ablation_options_fail(bad):
+    with pytest.raises(ConfigError):
+        Config(**bad)
+
+
+def _params(run_dir, prefix):
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    return {k: v for k, v in state.items() if k.startswith(prefix) and "running" not in k and "num_batches" not in k}
+
+
+def test_one_step_alternation_is_simsiam_and_ten_steps_is_not(tmp_path):
+    """k = 1: eta pre-computed on the replayed views equals SimSiam's own targets, so the weights
+    match SimSiam's (BN running statistics aside, the extra target pass updates them)."""
+    runs = {}
+    for k in ["off", "1", "3"]:
+        run_dir = tmp_path / k
+        train(from_preset("digits", run_dir=str(run_dir), alternation=k, **TINY))
+        runs[k] = _params(run_dir, "encoder.")
+    for name, value in runs["off"].items():
+        torch.testing.assert_close(runs["1"][name], value, rtol=1e-4, atol=1e-5)
+    assert any(not torch.allclose(runs["3"][n], v, atol=1e-4) for n, v in runs["off"].items())
+
+
+def test_fixed_predictor_never_moves_and_memory_run_resumes(tmp_path):
+    cfg = from_preset("digits", run_dir=str(tmp_path / "fixed"), fixed_predictor=True, **TINY)
+    train(cfg)
+    torch.manual_seed(cfg.seed)  # the loop builds the model right after seeding; rebuild it the same way
+    from simsiam.train import build_model
+
+    fresh = {f"predictor.{k}": v for k, v in build_model(cfg).predictor.state_dict().items()}
+    trained = _params(tmp_path / "fixed", "predictor.")
+    assert trained and all(torch.equal(trained[k], fresh[k]) for k in trained)
+    assert not torch.equal(_params(tmp_path / "fixed", "encoder.")["encoder.1.0.weight"],
+                           build_model(cfg).state_dict()["encoder.1.0.weight"])
+
+    mem = from_preset("digits", run_dir=str(tmp_path / "mem"), predictor=False, target_memory=True, **{**TINY, "epochs": 2})
+    full = train(mem)
+    state = torch.load(tmp_path / "mem" / "checkpoint.pt", weights_only=False)
+    assert state["memory"]["eta"].shape == (256, 64)
+    assert torch.allclose(state["memory"]["eta"].norm(dim=1), torch.ones(256), atol=1e-5)
+    # resume from epoch 1 reproduces epoch 2 exactly, the memory included
+    half = train(mem.replace(run_dir=str(tmp_path / "mem2"), epochs=1))
+    resumed = train(mem.replace(run_dir=str(tmp_path / "mem2"), resume=True))
+    assert half["epochs"] == 1 and resumed["loss"] == pytest.approx(full["loss"], abs=1e-6)
+
+
+def test_asym2x_trains_on_two_pairs(tmp_path):
+    s = train(from_preset("digits", run_dir=str(tmp_path / "a2"), symmetry="asym2x", **TINY))
+    assert math.isfinite(s["loss"]) and s["knn_top1"] is not None
+
+
+def test_every_group_builds_valid_configs_at_both_scales():
+    for group in GROUPS:
+        for scale in ["cpu", "paper"]:
+            pairs = configs(group, scale, data_dir="/data/imagenet") if scale == "paper" else configs(group, scale)
+            assert len(pairs) >= 2 and len({v.label for v, _ in pairs}) == len(pairs)
+    k = {v.label: c for v, c in configs("k-step", "paper", data_dir="/x")}
+    assert set(k) == {"1-step", "10-step", "100-step", "1-epoch"} and k["100-step"].alternation == "100"
+    bs = {c.batch_size: c for _, c in configs("batch-size", "paper", data_dir="/x")}
+    assert bs[4096].warmup_epochs == 10 and bs[512].warmup_epochs == 0 and bs[512].scaled_lr == pytest.approx(0.1)
+    dims = [(c.dim, c.pred_dim) for _, c in configs("dim")]
+    assert dims == [(256, 64), (512, 128), (1024, 256), (2048, 512)]
+
+
+def test_reproduce_runs_end_to_end_and_reuses_finished_variants(tmp_path, capsys):
+    tiny = {k: v for k, v in TINY.items() if k not in ("report", "knn_every")}
+    res = run_group("stop-gradient", tmp_path, **tiny)
+    root = tmp_path / "stop-gradient"
+    assert {"table.md", "results.json", "z_std.png"} <= {p.name for p in root.iterdir()}
+    table = (root / "table.md").read_text()
+    assert "| with stop-gradient |" in table and "| 67.7 |" in table and "paper's claim" in table
+    assert [c["claim"] for c in res["checks"]][:2] == ["with stop-gradient: no collapse", "without stop-gradient: collapse"]
+    mtime = (root / "with-stop-gradient" / "summary.json").stat().st_mtime
+    # through the CLI: the predictor group reuses the default SimSiam run instead of training it again
+    sets = [a for k, v in tiny.items() for a in ["--set", f"{k}={json.dumps(v)}"]]
+    assert main(["reproduce", "predictor", "--out", str(tmp_path), *sets]) == 0
+    pred = json.loads((tmp_path / "predictor" / "results.json").read_text())
+    assert pred["rows"][0]["run_dir"] == str(root / "with-stop-gradient")
+    assert (root / "with-stop-gradient" / "summary.json").stat().st_mtime == mtime
+    assert "| fixed random init |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["reproduce", "nonsense"])
+    assert main(["reproduce", "similarity", "--scale", "paper"]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    assert main(["reproduce", "similarity", "--set", "widht=2"]) == 2
+    assert "widht" in capsys.readouterr().err
