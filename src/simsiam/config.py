@@ -155,6 +155,10 @@ class Config:
                               "or --small-crops")
         if self.target_memory and self.symmetry == "asym2x":
             raise ConfigError("--target-memory has one target per image; --symmetry asym2x does not apply")
+        if self.small_crops and self.method != "swav":
+            raise ConfigError(f"--small-crops (multi-crop) is used by --method swav only, not {self.method}")
+        if not 0 < self.small_crop_scale[0] <= self.small_crop_scale[1] <= 1:
+            raise ConfigError(f"--small-crop-scale needs 0 < min <= max <= 1, got {self.small_crop_scale}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.knn_every < 0:
@@ -262,7 +266,7 @@ PRESETS: dict[str, dict] = {
     "digits": dict(
         dataset="digits", **{**_CIFAR_PAPER, "image_size": 16, "width": 0.25, "batch_size": 128, "lr": 1.0,
                              "epochs": 25, "hflip": 0.0, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
-                             "knn_every": 5},
+                             "knn_every": 5, "prototypes": 100, "small_crop_size": 8},
     ),
 }
 DEFAULT_PRESET = "digits"

@@ -129,6 +129,8 @@ def train(cfg: Config) -> dict:
 
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(cfg.seed)
     t_load = time.perf_counter()
     bank_set, test_set = load_splits(cfg)  # kNN bank: the whole train split, even with --subset
@@ -212,6 +214,8 @@ def train(cfg: Config) -> dict:
     model.train()
     last = {}
     for epoch in range(start_epoch, cfg.epochs):
+        if hasattr(model, "on_epoch_start"):  # method hooks (methods/__init__.py)
+            model.on_epoch_start(epoch)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         zstd_sum = torch.zeros((), device=device)
@@ -248,7 +252,7 @@ def train(cfg: Config) -> dict:
             out = outs[0] if pairs == 1 else dict(outs[0], loss=sum(o["loss"] for o in outs) / pairs)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
-            if hasattr(model, "after_backward"):  # method hooks (methods/__init__.py)
+            if hasattr(model, "after_backward"):
                 model.after_backward(epoch)
             optimizer.step()
             if hasattr(model, "after_step"):
@@ -324,6 +328,7 @@ def train(cfg: Config) -> dict:
         "loss": last["loss"], "z_std": last["z_std"], "z_std_healthy": z_healthy,
         "collapsed": last["z_std"] < cfg.collapse_fraction * z_healthy,
         "device": str(device), "precision": "bf16" if bf16 else "fp32", "run_dir": str(run_dir),
+        **peak_memory(device),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if cfg.report:
@@ -334,6 +339,19 @@ def train(cfg: Config) -> dict:
         except SimSiamError as e:  # the run itself is complete; a failed plot must not hide that
             log(f"warning: no report written ({e}); try `simsiam report {run_dir}`")
     return summary
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak memory of this run: CUDA memory allocated on a GPU; on a CPU the peak resident size of
+    the whole process (per run only when each run has its own process, as in `simsiam compare`)."""
+    if device.type == "cuda":
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_memory_of": "cuda allocated"}
+    try:
+        import resource
+    except ImportError:  # Windows
+        return {"peak_memory_mb": None, "peak_memory_of": None}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"peak_memory_mb": rss / (2**20 if sys.platform == "darwin" else 2**10), "peak_memory_of": "process RSS"}
 
 
 def _tensorboard(run_dir: Path):

@@ -15,7 +15,7 @@ All randomness comes from the `torch.Generator` passed in, so a seeded call is r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -38,14 +38,28 @@ class Augment:
     solarize_p: float = 0.0  # BYOL's second view uses 0.2; SimSiam none
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    blur_p2: float | None = None  # the second view's probabilities (BYOL: 0.1, 0.2); None = as view 1
+    solarize_p2: float | None = None
+    small_size: int = 96  # multi-crop views (SwAV)
+    small_scale: tuple[float, float] = (0.05, 0.14)
 
     @classmethod
     def from_config(cls, cfg) -> "Augment":
         return cls(cfg.image_size, cfg.crop_scale, cfg.crop_ratio, cfg.hflip, cfg.jitter, cfg.jitter_p,
-                   cfg.gray_p, cfg.blur_p, cfg.blur_sigma, cfg.solarize_p, cfg.mean, cfg.std)
+                   cfg.gray_p, cfg.blur_p, cfg.blur_sigma, cfg.solarize_p, cfg.mean, cfg.std, cfg.blur_p2,
+                   cfg.solarize_p2, cfg.small_crop_size, cfg.small_crop_scale)
 
     def two_views(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return self(images, g), self(images, g)
+        second = self
+        if self.blur_p2 is not None or self.solarize_p2 is not None:
+            second = replace(self, blur_p=_given(self.blur_p2, self.blur_p),
+                             solarize_p=_given(self.solarize_p2, self.solarize_p))
+        return self(images, g), second(images, g)
+
+    def small_views(self, images: torch.Tensor, g: torch.Generator, n: int) -> list[torch.Tensor]:
+        """Multi-crop: n more views at `small_size` from `small_scale` crops, same colour pipeline."""
+        small = replace(self, size=self.small_size, crop_scale=self.small_scale)
+        return [small(images, g) for _ in range(n)]
 
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n = images.shape[0]
@@ -63,6 +77,10 @@ class Augment:
         if self.hflip > 0:
             x = torch.where((rand(n) < self.hflip).view(-1, 1, 1, 1), x.flip(-1), x)
         return normalize(x, self.mean, self.std)
+
+
+def _given(value, default):
+    return default if value is None else value
 
 
 def crop_boxes(n: int, height: int, width: int, scale, ratio, rand) -> torch.Tensor:

@@ -1,0 +1,72 @@
+"""SimCLR (Chen et al., ICML 2020) as the SimSiam paper compares it (Sec. 6, Table 4, Fig. 3).
+
+    z1, z2 = f(x1), f(x2)                     f = backbone + SimSiam's projection MLP (same heads
+                                              for every method, as in the paper's comparison)
+    L = NT-Xent over the 2N views: for each view, its other view is the positive and the other
+        2N - 2 views are negatives; cosine similarities / temperature, cross-entropy.
+
+In DDP the candidates are gathered from every rank, with gradients (`_dist.gather_with_grad`).
+Sec. 6.2's hub variants: `--predictor` puts SimSiam's predictor h on the anchors (p = h(z)
+against the targets z), and `--stop-gradient` then detaches the targets (66.4 / 66.0 vs 66.5).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._dist import gather_with_grad, rank_and_world
+from .simsiam import prediction_mlp, projection_mlp, z_std
+
+
+def nt_xent(a1: torch.Tensor, a2: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Anchors a1, a2 (views 1 and 2 of the local N images) against candidates c1, c2 (the same
+    views, gathered over all ranks). Anchor i of view 1 has candidate i of view 2 as its positive;
+    candidate i of its own view (itself, without a predictor) is masked out. a = c is SimCLR."""
+    n = a1.shape[0]
+    rank, _ = rank_and_world()
+    anchors = F.normalize(torch.cat([a1, a2]), dim=1)  # 2N x C
+    cands = F.normalize(torch.cat([gather_with_grad(c1), gather_with_grad(c2)]), dim=1)  # 2M x C
+    m = cands.shape[0] // 2
+    logits = anchors @ cands.T / temperature  # 2N x 2M
+    mine = torch.arange(n, device=a1.device) + rank * n  # this rank's images among the M
+    own = torch.cat([mine, mine + m])  # same view, same image: not a negative
+    positive = torch.cat([mine + m, mine])  # other view, same image
+    logits = logits.masked_fill(F.one_hot(own, 2 * m).bool(), float("-inf"))
+    return F.cross_entropy(logits, positive)
+
+
+class SimCLR(nn.Module):
+    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int = 2048, proj_hidden: int = 2048,
+                 proj_layers: int = 3, temperature: float = 0.2, predictor: bool = False, pred_dim: int = 512,
+                 stop_gradient: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projection_mlp(feature_dim, proj_hidden, dim, proj_layers)
+        self.encoder = nn.Sequential(backbone, self.projector)
+        self.predictor = prediction_mlp(dim, pred_dim) if predictor else nn.Identity()
+        self.temperature = temperature
+        self.stop_gradient = stop_gradient
+        self.dim = dim
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, **unused) -> dict[str, torch.Tensor]:
+        z1, z2 = self.encoder(x1), self.encoder(x2)  # NxC each
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        t1, t2 = (z1.detach(), z2.detach()) if self.stop_gradient else (z1, z2)
+        loss = nt_xent(p1, p2, t1, t2, self.temperature)
+        return {"loss": loss, "z_std": z_std(z1), "z1": z1, "z2": z2}
+
+    def param_groups(self) -> list[dict]:
+        return [{"name": "encoder", "params": list(self.encoder.parameters()), "fix_lr": False},
+                {"name": "predictor", "params": list(self.predictor.parameters()), "fix_lr": True}]
+
+
+def build(cfg, backbone: nn.Module, feature_dim: int) -> SimCLR:
+    return SimCLR(backbone, feature_dim, dim=cfg.dim, proj_hidden=cfg.proj_hidden, proj_layers=cfg.proj_layers,
+                  temperature=cfg.temperature, predictor=cfg.predictor, pred_dim=cfg.pred_dim,
+                  stop_gradient=cfg.stop_gradient)
+
+
+# No predictor, no stop-gradient; T 0.2 (SimCLR's ImageNet range is 0.1-0.2, 0.5 is common on CIFAR).
+DEFAULTS = dict(predictor=False, stop_gradient=False, temperature=0.2)
