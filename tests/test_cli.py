@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from simsiam.cli import main
+
 from conftest import make_folder
 
 
@@ -50,6 +52,14 @@ def test_help_documents_the_fixed_options():
     for flag in ["--run-dir", "--epochs", "--batch-size", "--lr", "--width", "--subset", "--seed",
                  "--no-stop-gradient", "--no-predictor", "--resume", "--preset", "--data-dir"]:
         assert flag in out, flag
+
+
+@pytest.mark.parametrize("command", [["train"], ["eval", "knn"], ["eval", "linear"], ["export"], ["embed"],
+                                     ["report"], ["reproduce"], ["compare"]])
+def test_every_help_renders(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0 and "usage: simsiam" in capsys.readouterr().out
 
 
 def test_short_default_run_writes_summary_and_files(tmp_path):

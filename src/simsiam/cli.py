@@ -29,7 +29,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         base = args[0] if args and type(None) in typing.get_args(hint) else hint
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{f.metadata['help']} [paper/Config default: {_show(default)}; presets may change it]"
+        help_text = f"{f.metadata['help']} [paper/Config default: {_show(default)}; presets may change it]".replace("%", "%%")
         kw: dict = {"default": argparse.SUPPRESS, "help": help_text}
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
@@ -113,19 +113,56 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
     rr.add_argument("--out", default="runs/reproduce", help="where the runs and tables go")
     rr.add_argument("--seeds", type=int, default=1, help="seeds per variant (mean ± std in the table)")
-    rr.add_argument("--preset", help="base preset instead of the scale's (digits at cpu, imagenet at paper)")
-    rr.add_argument("--data-dir", help="data for every variant (a folder or a torchvision copy)")
-    rr.add_argument("--dataset", choices=["digits", "folder", "cifar10", "cifar100", "stl10"])
-    rr.add_argument("--epochs", type=int, help="override the scale's epochs")
-    rr.add_argument("--device", default="auto")
-    rr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config field in every variant, e.g. --set width=0.5 (JSON values)")
+    _add_experiment_options(rr)
+
+    cp = sub.add_parser(
+        "compare", help="SimSiam vs SimCLR, BYOL, SwAV: same data, backbone, augmentation and budget, one table",
+        description="Train each method (in its own process) for the same epochs, probe it linearly, and write "
+                    "OUT/comparison.md (kNN, linear-fast, images/s, peak memory, the paper's ImageNet numbers) and "
+                    "OUT/knn.png (kNN per epoch of every method). Finished methods are reused when run again.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cp.add_argument("methods", nargs="+", metavar="METHOD", help="simsiam simclr byol swav (any of them)")
+    cp.add_argument("--scale", choices=["cpu", "paper"], default="cpu",
+                    help="cpu: digits, 10 epochs each; paper: ImageNet ResNet-50, 100 epochs (GPUs, --data-dir)")
+    cp.add_argument("--out", default="runs/compare", help="where the runs and the table go")
+    cp.add_argument("--own-augmentation", action="store_true",
+                    help="each method with its own augmentation defaults (e.g. BYOL's solarize) instead of SimSiam's")
+    _add_experiment_options(cp)
 
     rp = sub.add_parser("report", help="plots and a Markdown summary of a run, in RUN_DIR/report/")
     rp.add_argument("run_dir", metavar="RUN_DIR")
     rp.add_argument("--no-retrieval", action="store_true", help="skip the nearest-neighbour picture")
     rp.add_argument("--no-embedding-map", action="store_true", help="skip the t-SNE map")
     return parser
+
+
+def _add_experiment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="base preset instead of the scale's (digits at cpu, imagenet at paper)")
+    p.add_argument("--data-dir", help="data for every run (a folder or a torchvision copy)")
+    p.add_argument("--dataset", choices=["digits", "folder", "cifar10", "cifar100", "stl10"])
+    p.add_argument("--epochs", type=int, help="override the scale's epochs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field in every run, e.g. --set width=0.5 (JSON values)")
+
+
+def _experiment_overrides(args) -> dict:
+    """The config overrides that `reproduce` and `compare` apply to every run."""
+    if args.epochs is not None and args.epochs <= 0:
+        raise ConfigError("--epochs must be positive")
+    if args.scale == "paper" and not args.data_dir and args.dataset in (None, "folder"):
+        raise ConfigError("--scale paper trains on ImageNet: give --data-dir DIR (train/ and val/ class folders)")
+    common = {k: v for k, v in [("data_dir", args.data_dir), ("dataset", args.dataset or ("folder" if args.data_dir else None)),
+                                ("epochs", args.epochs), ("device", args.device)] if v is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: write KEY=VALUE, e.g. --set width=0.5")
+        try:
+            common[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            common[key.replace("-", "_")] = value  # a bare string such as --set arch=resnet34
+    return common
 
 
 def _add_source_and_data(p: argparse.ArgumentParser) -> None:
@@ -213,20 +250,9 @@ def _reproduce(args) -> None:
     from .reproduce import GROUPS, run_group
     from .train import log
 
-    if args.seeds <= 0 or (args.epochs is not None and args.epochs <= 0):
-        raise ConfigError("--seeds and --epochs must be positive")
-    if args.scale == "paper" and not args.data_dir and args.dataset in (None, "folder"):
-        raise ConfigError("--scale paper trains on ImageNet: give --data-dir DIR (train/ and val/ class folders)")
-    common = {k: v for k, v in [("data_dir", args.data_dir), ("dataset", args.dataset or ("folder" if args.data_dir else None)),
-                                ("epochs", args.epochs), ("device", args.device)] if v is not None}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item}: write KEY=VALUE, e.g. --set width=0.5")
-        try:
-            common[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            common[key.replace("-", "_")] = value  # a bare string such as --set arch=resnet34
+    if args.seeds <= 0:
+        raise ConfigError("--seeds must be positive")
+    common = _experiment_overrides(args)
     groups = list(GROUPS) if args.name == "all" else [args.name]
     tables = []
     for group in groups:
@@ -267,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
                 + (f" ({res['num_skipped']} unreadable files skipped)" if res["num_skipped"] else ""))
         elif args.command == "reproduce":
             _reproduce(args)
+        elif args.command == "compare":
+            from .compare import compare
+
+            compare(args.methods, args.out, args.scale, args.preset, args.own_augmentation, log=log,
+                          **_experiment_overrides(args))
+            log((Path(args.out) / "comparison.md").read_text() + f"plot: {Path(args.out) / 'knn.png'}")
         elif args.command == "report":
             from .report import write_report
 

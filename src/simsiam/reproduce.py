@@ -25,6 +25,7 @@ already finished anywhere under OUT (OUT/index.json) is not trained again: an in
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import statistics
 import time
@@ -111,34 +112,17 @@ def configs(group: str, scale: str = "cpu", preset: str | None = None, seed: int
 
 
 def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-").replace("--", "-")
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
 
 
 def run_group(group: str, out: str | Path, scale: str = "cpu", seeds: int = 1, preset: str | None = None,
               log=print, **common) -> dict:
     """Train every variant of `group` (skipping finished ones) and write OUT/<group>/{results.json,
     table.md, z_std.png}. Returns the results with the checks of the paper's claims."""
-    from .train import train
-
     root = Path(out) / group
-    index_path = Path(out) / "index.json"
-    rows = []
-    for seed in range(seeds):
-        for v, cfg in configs(group, scale, preset, seed, **common):
-            index = json.loads(index_path.read_text()) if index_path.exists() else {}
-            key = config_key(cfg)
-            run_dir = Path(index.get(key) or root / (_slug(v.label) + (f"-seed{seed}" if seeds > 1 else "")))
-            done = run_dir / "summary.json"
-            if done.exists():
-                summary = json.loads(done.read_text())
-                log(f"{group} / {v.label} (seed {seed}): same configuration already trained in {run_dir}")
-            else:
-                log(f"{group} / {v.label} (seed {seed}) -> {run_dir}")
-                if run_dir.exists():  # an interrupted variant: start it again from scratch
-                    _clear(run_dir)
-                summary = train(cfg.replace(run_dir=str(run_dir)))
-                index_path.write_text(json.dumps({**index, key: str(run_dir)}, indent=1) + "\n")
-            rows.append({**summary, "variant": v.label, "seed": seed, "paper": v.paper, "run_dir": str(run_dir)})
+    jobs = [(v, cfg, root / (_slug(v.label) + (f"-seed{seed}" if seeds > 1 else "")))
+            for seed in range(seeds) for v, cfg in configs(group, scale, preset, seed, **common)]
+    rows = run_variants(jobs, Path(out) / "index.json", log, group)
     results = {"group": group, "scale": scale, "date": time.strftime("%Y-%m-%d"), "rows": rows,
                "variants": _aggregate(rows)}
     results["checks"] = CHECKS.get(group, lambda r: [])(results["variants"])
@@ -146,6 +130,32 @@ def run_group(group: str, out: str | Path, scale: str = "cpu", seeds: int = 1, p
     (root / "table.md").write_text(markdown(results))
     _plot(rows, root / "z_std.png", group)
     return results
+
+
+def run_variants(jobs: list[tuple[Variant, Config, Path]], index_path: Path, log=print, name: str = "",
+                 runner=None) -> list[dict]:
+    """Train each (variant, config, run_dir) unless a run of the same configuration finished under
+    the index (then its summary is reused); `runner(cfg) -> summary` defaults to `train`."""
+    from .train import train
+
+    rows = []
+    for v, cfg, run_dir in jobs:
+        index = json.loads(index_path.read_text()) if index_path.exists() else {}
+        key = config_key(cfg)
+        run_dir = Path(index.get(key) or run_dir)
+        done = run_dir / "summary.json"
+        if done.exists():
+            summary = json.loads(done.read_text())
+            log(f"{name} / {v.label} (seed {cfg.seed}): same configuration already trained in {run_dir}")
+        else:
+            log(f"{name} / {v.label} (seed {cfg.seed}) -> {run_dir}")
+            if run_dir.exists():  # an interrupted variant: start it again from scratch
+                _clear(run_dir)
+            summary = (runner or train)(cfg.replace(run_dir=str(run_dir)))
+            index_path.parent.mkdir(parents=True, exist_ok=True)
+            index_path.write_text(json.dumps({**index, key: str(run_dir)}, indent=1) + "\n")
+        rows.append({**summary, "variant": v.label, "seed": cfg.seed, "paper": v.paper, "run_dir": str(run_dir)})
+    return rows
 
 
 def config_key(cfg: Config) -> str:
