@@ -22,8 +22,11 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """In-place sum over ranks (no gradient: used on detached statistics)."""
-    if rank_and_world()[1] > 1:
-        dist.all_reduce(x)
-    return x
+def global_sum(x: torch.Tensor) -> torch.Tensor:
+    """`x` summed over ranks. The gradient goes to this rank's term only (the other ranks' terms
+    are constants here): exact on one process, and what SwAV needs for its detached codes."""
+    if rank_and_world()[1] == 1:
+        return x
+    total = x.detach().clone()
+    dist.all_reduce(total)
+    return x + (total - x.detach())

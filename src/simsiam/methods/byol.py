@@ -1,12 +1,14 @@
-"""BYOL (Grill et al., NeurIPS 2020) as the SimSiam paper compares it (Sec. 6, Table 4).
+"""BYOL (Grill et al., NeurIPS 2020), as the SimSiam paper compares it (Sec. 6, Table 4).
 
     online:  z = f(x) (backbone + projector), p = h(z)        trained by SGD
-    target:  z' = f'(x), f' an EMA of f, no gradient          f' <- tau f' + (1 - tau) f per step
-    L = (2 - 2 cos(p1, z2')) + (2 - 2 cos(p2, z1'))           symmetric (BYOL Eq. 2)
-    tau = 1 - (1 - tau_base) (cos(pi progress) + 1) / 2       tau_base 0.99 -> 1 at the end
+    target:  z' = f'(x), f' a moving average of f             no gradient: f' <- tau f' + (1 - tau) f per step
+    L = (2 - 2 cos(p1, z2')) + (2 - 2 cos(p2, z1'))           symmetric (BYOL Eq. 2-3)
+    tau = 1 - (1 - tau_base) (cos(pi progress) + 1) / 2       tau_base (0.99 on CIFAR, 0.996 ImageNet) -> 1
 
-The heads are SimSiam's (same projector and predictor for every method in the comparison).
-`.backbone` is the online backbone: it is what gets evaluated and exported.
+"SimSiam can be thought of as BYOL without the momentum encoder" (Sec. 6.2). The heads are
+SimSiam's MLPs shaped as BYOL's: no BN on the projector's output, the predictor a bottleneck of
+--pred-dim. `.backbone` is the online backbone: it is what gets evaluated and exported; the target
+lives in the state_dict (`target.*`), so checkpoints and --resume carry it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .simsiam import prediction_mlp, projection_mlp, z_std
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """2 - 2 cos(p, z) = ||p/|p| - z/|z|||^2, averaged over the batch."""
     return (2 - 2 * F.cosine_similarity(p, z, dim=-1)).mean()
 
 
@@ -31,12 +34,12 @@ def ema_tau(tau_base: float, progress: float) -> float:
 
 class BYOL(nn.Module):
     def __init__(self, backbone: nn.Module, feature_dim: int, dim: int = 2048, proj_hidden: int = 2048,
-                 proj_layers: int = 3, pred_dim: int = 512, tau_base: float = 0.99):
+                 proj_layers: int = 3, pred_dim: int = 512, tau_base: float = 0.99, predictor: bool = True):
         super().__init__()
         self.backbone = backbone
-        self.projector = projection_mlp(feature_dim, proj_hidden, dim, proj_layers)
+        self.projector = projection_mlp(feature_dim, proj_hidden, dim, proj_layers, bn="hidden")
         self.encoder = nn.Sequential(backbone, self.projector)  # online f
-        self.predictor = prediction_mlp(dim, pred_dim)  # h
+        self.predictor = prediction_mlp(dim, pred_dim) if predictor else nn.Identity()  # h
         self.target = copy.deepcopy(self.encoder).requires_grad_(False)  # f', same init as f
         self.tau_base = tau_base
         self.dim = dim
@@ -44,17 +47,18 @@ class BYOL(nn.Module):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, **unused) -> dict[str, torch.Tensor]:
         z1, z2 = self.encoder(x1), self.encoder(x2)  # NxC each
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        with torch.no_grad():
+        with torch.no_grad():  # BYOL's stop-gradient: the target branch has no graph at all
             t1, t2 = self.target(x1), self.target(x2)
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
-        return {"loss": loss, "z_std": z_std(z1), "z1": z1, "z2": z2}
+        return {"loss": loss, "z_std": z_std(z1), "z1": z1, "z2": z2, "p1": p1, "p2": p2}
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        """f' <- tau f' + (1 - tau) f after every optimizer step; BN running statistics copied."""
+        """f' <- tau f' + (1 - tau) f after every optimizer step. BN running statistics are copied
+        (in training the target's BN uses batch statistics; these only matter if f' is evaluated)."""
         tau = ema_tau(self.tau_base, progress)
         for t, o in zip(self.target.parameters(), self.encoder.parameters()):
-            t.mul_(tau).add_(o.detach(), alpha=1 - tau)
+            t.mul_(tau).add_(o, alpha=1 - tau)
         for t, o in zip(self.target.buffers(), self.encoder.buffers()):
             t.copy_(o)
 
@@ -65,10 +69,11 @@ class BYOL(nn.Module):
 
 def build(cfg, backbone: nn.Module, feature_dim: int) -> BYOL:
     return BYOL(backbone, feature_dim, dim=cfg.dim, proj_hidden=cfg.proj_hidden, proj_layers=cfg.proj_layers,
-                pred_dim=cfg.pred_dim, tau_base=cfg.ema_tau)
+                pred_dim=cfg.pred_dim, tau_base=cfg.ema_tau, predictor=cfg.predictor)
 
 
-# BYOL's colour recipe (saturation 0.2) and asymmetric solarize (view 2: 0.2). Its asymmetric blur
-# (1.0 / 0.1) is not set here, because 32 px presets have no blur: on ImageNet add
-# --blur-p 1.0 --blur-p2 0.1. BYOL has no fixed-predictor-lr trick.
+# BYOL's colour jitter (saturation 0.2) and its asymmetric solarize (view 1: 0, view 2: 0.2). Its
+# asymmetric blur (view 1: 1.0, view 2: 0.1) is left to the preset, because DEFAULTS apply after it
+# and would turn blur on at 32 px, where the presets have none (App. D); at 224 px (--preset
+# imagenet) add --blur-p 1.0 --blur-p2 0.1. BYOL decays the predictor's lr with the rest.
 DEFAULTS = dict(jitter=(0.4, 0.4, 0.2, 0.1), solarize_p2=0.2, fix_pred_lr=False)

@@ -1,13 +1,15 @@
-"""SimCLR (Chen et al., ICML 2020) as the SimSiam paper compares it (Sec. 6, Table 4, Fig. 3).
+"""SimCLR (Chen et al., ICML 2020), as the SimSiam paper compares it (Sec. 6, Table 4, Sec. 6.2).
 
-    z1, z2 = f(x1), f(x2)                     f = backbone + SimSiam's projection MLP (same heads
-                                              for every method, as in the paper's comparison)
-    L = NT-Xent over the 2N views: for each view, its other view is the positive and the other
-        2N - 2 views are negatives; cosine similarities / temperature, cross-entropy.
+    z1, z2 = f(x1), f(x2)        f = backbone + projection MLP
+    L = NT-Xent over the 2N views: each view's positive is the other view of its image, the other
+        2N - 2 views are its negatives; logits = cos / T, cross-entropy (SimCLR Eq. 1)
 
-In DDP the candidates are gathered from every rank, with gradients (`_dist.gather_with_grad`).
-Sec. 6.2's hub variants: `--predictor` puts SimSiam's predictor h on the anchors (p = h(z)
-against the targets z), and `--stop-gradient` then detaches the targets (66.4 / 66.0 vs 66.5).
+The paper's Table 4 runs every method as its own reproduction ("repro.+": better than the
+original paper) with two 224 px views; here every method gets SimSiam's projection MLP (3 layers
+on ImageNet, 2 on CIFAR, BN on every layer as in SimCLR's own head), so that only the loss differs.
+In DDP the negatives are gathered from every rank with their gradients (`_dist.gather_with_grad`).
+Sec. 6.2's hubs: `--predictor` puts SimSiam's h on the anchors (p = h(z) against the candidates
+z: 66.4 vs 66.5) and `--stop-gradient` then detaches the candidates (66.0).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from .simsiam import prediction_mlp, projection_mlp, z_std
 
 
 def nt_xent(a1: torch.Tensor, a2: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Anchors a1, a2 (views 1 and 2 of the local N images) against candidates c1, c2 (the same
-    views, gathered over all ranks). Anchor i of view 1 has candidate i of view 2 as its positive;
-    candidate i of its own view (itself, without a predictor) is masked out. a = c is SimCLR."""
+    """Anchors a1, a2 (views 1 and 2 of this rank's N images) against candidates c1, c2 (the same
+    views, gathered over all ranks: 2M). Anchor i of view 1 has candidate i of view 2 as its
+    positive; candidate i of its own view (itself, when a = c as in SimCLR) is masked out."""
     n = a1.shape[0]
     rank, _ = rank_and_world()
     anchors = F.normalize(torch.cat([a1, a2]), dim=1)  # 2N x C
@@ -31,8 +33,8 @@ def nt_xent(a1: torch.Tensor, a2: torch.Tensor, c1: torch.Tensor, c2: torch.Tens
     m = cands.shape[0] // 2
     logits = anchors @ cands.T / temperature  # 2N x 2M
     mine = torch.arange(n, device=a1.device) + rank * n  # this rank's images among the M
-    own = torch.cat([mine, mine + m])  # same view, same image: not a negative
-    positive = torch.cat([mine + m, mine])  # other view, same image
+    own = torch.cat([mine, mine + m])  # same image, same view: not a negative
+    positive = torch.cat([mine + m, mine])  # same image, other view
     logits = logits.masked_fill(F.one_hot(own, 2 * m).bool(), float("-inf"))
     return F.cross_entropy(logits, positive)
 
@@ -44,18 +46,18 @@ class SimCLR(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.projector = projection_mlp(feature_dim, proj_hidden, dim, proj_layers)
-        self.encoder = nn.Sequential(backbone, self.projector)
-        self.predictor = prediction_mlp(dim, pred_dim) if predictor else nn.Identity()
+        self.encoder = nn.Sequential(backbone, self.projector)  # f
+        self.predictor = prediction_mlp(dim, pred_dim) if predictor else nn.Identity()  # h (hub only)
         self.temperature = temperature
         self.stop_gradient = stop_gradient
         self.dim = dim
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, **unused) -> dict[str, torch.Tensor]:
         z1, z2 = self.encoder(x1), self.encoder(x2)  # NxC each
-        p1, p2 = self.predictor(z1), self.predictor(z2)
-        t1, t2 = (z1.detach(), z2.detach()) if self.stop_gradient else (z1, z2)
+        p1, p2 = self.predictor(z1), self.predictor(z2)  # NxC; p = z without the hub's predictor
+        t1, t2 = (z1.detach(), z2.detach()) if self.stop_gradient else (z1, z2)  # the hub's stop-gradient
         loss = nt_xent(p1, p2, t1, t2, self.temperature)
-        return {"loss": loss, "z_std": z_std(z1), "z1": z1, "z2": z2}
+        return {"loss": loss, "z_std": z_std(z1), "z1": z1, "z2": z2, "p1": p1, "p2": p2}
 
     def param_groups(self) -> list[dict]:
         return [{"name": "encoder", "params": list(self.encoder.parameters()), "fix_lr": False},
@@ -68,5 +70,6 @@ def build(cfg, backbone: nn.Module, feature_dim: int) -> SimCLR:
                   stop_gradient=cfg.stop_gradient)
 
 
-# No predictor, no stop-gradient; T 0.2 (SimCLR's ImageNet range is 0.1-0.2, 0.5 is common on CIFAR).
+# SimCLR itself: no predictor, no stop-gradient. T = 0.2 for every dataset: inside SimCLR's ImageNet
+# range (0.1-0.2 at batch 4096) and solo-learn's CIFAR value (lightly uses 0.5 there); --temperature.
 DEFAULTS = dict(predictor=False, stop_gradient=False, temperature=0.2)

@@ -1,14 +1,16 @@
-"""SwAV (Caron et al., NeurIPS 2020) as the SimSiam paper compares it (Sec. 6, Table 4, Fig. 3).
+"""SwAV (Caron et al., NeurIPS 2020), as the SimSiam paper compares it (Sec. 6, Table 4, Sec. 6.2).
 
-    z = normalize(g(f(x)))                    projector without output BN, l2-normalised
-    s = C z                                   C: K prototypes, l2-normalised, no bias
-    q = Sinkhorn-Knopp(sg(s))                 codes: equipartition over the prototypes (3 iters, eps 0.05)
-    L = swapped prediction: -sum_k q1 log softmax(s2 / T) - sum_k q2 log softmax(s1 / T),  T = 0.1
+    z = normalize(g(f(x)))          projector without output BN, l2-normalised
+    s = C z                         C: K prototypes, l2-normalised rows, no bias
+    q = Sinkhorn-Knopp(sg(s))       codes: an equipartition of the batch over the prototypes
+    L = swapped prediction: l(s2, q1) + l(s1, q2),  l(s, q) = -sum_k q_k log softmax(s / T)_k
 
-Multi-crop: the small views (`small`) predict the codes of both large views. Optional queue of
-past z (from `queue_start_epoch`) enlarges the batch Sinkhorn sees. Prototypes are frozen during
-the first `freeze_prototypes_epochs`. Sec. 6.2's hubs: `--predictor` (h before the prototypes on
-the predicting side: 65.2 vs 66.5) and `--no-stop-gradient` (codes keep their gradient: NaN/fails).
+Multi-crop: the small views (`small`) predict the codes of both large views. A queue of past z
+(`queue_size`, used from `queue_start_epoch` once full) enlarges the batch Sinkhorn balances:
+it is filled from the first step, with both views' z in one queue (the official code keeps one
+queue per view and starts filling at the start epoch). Prototypes are frozen during the first
+`freeze_prototypes_epochs`. Sec. 6.2's hubs: `--predictor` (h before the prototypes on the
+predicting side: 65.2 vs 66.5) and `--no-stop-gradient` (the codes keep their gradient: "NaN").
 """
 
 from __future__ import annotations
@@ -17,23 +19,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._dist import all_reduce_sum, rank_and_world
+from ._dist import global_sum, rank_and_world
 from .simsiam import prediction_mlp, projection_mlp, z_std
 
 
 def sinkhorn(scores: torch.Tensor, iters: int = 3, eps: float = 0.05) -> torch.Tensor:
-    """Codes (B x K) from scores (B x K): each row sums to 1 and, over the whole (all-ranks)
-    batch, each prototype gets about B/K of the mass. No detach here: the caller decides."""
-    q = torch.exp(scores.float() / eps).T  # K x B; scores are cosines in [-1, 1]: exp(20) at most
-    _, world = rank_and_world()
-    k, b = q.shape[0], q.shape[1] * world
-    q = q / all_reduce_sum(q.sum().detach().clone()) if world > 1 else q / q.sum()
+    """Codes q (B x K) from scores (B x K), as the official `distributed_sinkhorn`: every row sums
+    to 1 (a distribution over prototypes per sample) and each column to about B/K, exactly after
+    convergence, B the batch of all ranks (the sums are all-reduced). No detach here."""
+    q = torch.exp(scores.float() / eps).T  # K x B; scores are cosines: exp(1/eps) = e^20 at most
+    k, b = q.shape[0], q.shape[1] * rank_and_world()[1]
+    q = q / global_sum(q.sum())
     for _ in range(iters):
-        rows = q.sum(dim=1, keepdim=True)
-        if world > 1:
-            rows = rows + all_reduce_sum((rows.detach()).clone()) - rows.detach()  # global sums, local grad
-        q = q / rows / k
-        q = q / q.sum(dim=0, keepdim=True) / b
+        q = q / global_sum(q.sum(dim=1, keepdim=True)) / k  # each prototype: total mass 1/K
+        q = q / q.sum(dim=0, keepdim=True) / b  # each sample: mass 1/B
     return (q * b).T
 
 
@@ -45,49 +44,52 @@ class SwAV(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.projector = projection_mlp(feature_dim, proj_hidden, dim, proj_layers, bn="hidden")
-        self.encoder = nn.Sequential(backbone, self.projector)
-        self.predictor = prediction_mlp(dim, pred_dim) if predictor else nn.Identity()
-        self.prototypes = nn.Linear(dim, prototypes, bias=False)
-        self.register_buffer("queue", torch.zeros(queue_size, dim))
-        self.register_buffer("queued", torch.zeros((), dtype=torch.long))  # rows of the queue filled so far
+        self.encoder = nn.Sequential(backbone, self.projector)  # f, then g
+        self.predictor = prediction_mlp(dim, pred_dim) if predictor else nn.Identity()  # h (hub only)
+        self.prototypes = nn.Linear(dim, prototypes, bias=False)  # C
+        # Queue state lives in the state_dict, so --resume continues with the same queue.
+        self.register_buffer("queue", torch.zeros(queue_size, dim))  # newest rows first
+        self.register_buffer("queued", torch.zeros((), dtype=torch.long))  # rows filled so far
         self.temperature, self.iters, self.eps = temperature, sinkhorn_iters, sinkhorn_eps
         self.freeze_epochs, self.queue_start_epoch = freeze_epochs, queue_start_epoch
         self.stop_gradient = stop_gradient
-        self.epoch = 0
+        self.epoch = 0  # set by the loop's on_epoch_start (also after a resume)
         self.dim = dim
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
 
     def codes(self, s: torch.Tensor) -> torch.Tensor:
-        s = s.detach() if self.stop_gradient else s
+        """q for the batch's scores s (N x K); the queue's rows only shape the equipartition."""
+        s = s.detach() if self.stop_gradient else s  # SwAV's stop-gradient: the one place it lives
         n = s.shape[0]
         if len(self.queue) and self.epoch >= self.queue_start_epoch and self.queued >= len(self.queue):
-            s = torch.cat([s, self.prototypes(self.queue).detach()])  # queue rows only shape the codes
+            with torch.no_grad():
+                s = torch.cat([s, self.prototypes(self.queue)])  # (N + Q) x K
         return sinkhorn(s, self.iters, self.eps)[:n]
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, small=None, **unused) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
         views = [x1, x2, *(small or [])]
-        z = [self.encoder(x) for x in views]  # the raw projector outputs, NxC
-        scores = [self.prototypes(F.normalize(zi, dim=1)) for zi in z[:2]]  # for the codes
-        preds = [self.prototypes(F.normalize(self.predictor(zi), dim=1)) for zi in z]  # for the predictions
+        z = [self.encoder(x) for x in views]  # the projector's outputs, NxC each (before the l2 norm)
+        scores = [self.prototypes(F.normalize(zi, dim=1)) for zi in z[:2]]  # NxK, for the codes
+        preds = [self.prototypes(F.normalize(self.predictor(zi), dim=1)) for zi in z]  # NxK, predicting
         loss = 0.0
-        for i in range(2):
+        for i in range(2):  # the large views give codes; every other view predicts them
             q = self.codes(scores[i])
             others = [v for v in range(len(views)) if v != i]
-            loss = loss + sum(-(q * F.log_softmax(preds[v] / self.temperature, dim=1)).sum(1).mean()
+            loss = loss + sum(-(q * F.log_softmax(preds[v] / self.temperature, dim=1)).sum(dim=1).mean()
                               for v in others) / len(others)
         if len(self.queue):
             with torch.no_grad():
-                new = F.normalize(torch.cat(z[:2]).detach().float(), dim=1)
+                new = F.normalize(torch.cat(z[:2]).float(), dim=1)  # 2N x C
                 self.queue.copy_(torch.cat([new, self.queue])[:len(self.queue)])
                 self.queued += len(new)
         return {"loss": loss / 2, "z_std": z_std(z[0]), "z1": z[0], "z2": z[1]}
 
     def after_backward(self, epoch: int) -> None:
-        if epoch < self.freeze_epochs:  # no gradient -> SGD skips them: no update, no weight decay
+        if epoch < self.freeze_epochs:  # no gradient: SGD skips them, no step, no weight decay
             self.prototypes.weight.grad = None
 
     def param_groups(self) -> list[dict]:
@@ -104,4 +106,5 @@ def build(cfg, backbone: nn.Module, feature_dim: int) -> SwAV:
                 pred_dim=cfg.pred_dim, stop_gradient=cfg.stop_gradient)
 
 
+# SwAV itself: no predictor, detached codes, T = 0.1 (SwAV's value for ImageNet and CIFAR).
 DEFAULTS = dict(predictor=False, stop_gradient=True, temperature=0.1)
