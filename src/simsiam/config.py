@@ -82,16 +82,20 @@ class Config:
     mean: tuple[float, float, float] = _opt((0.485, 0.456, 0.406), "normalisation mean", nargs=3)
     std: tuple[float, float, float] = _opt((0.229, 0.224, 0.225), "normalisation std", nargs=3)
     # --- baselines (simclr, byol, swav: paper Sec. 6, DESIGN.md Sec. 4); unused by simsiam
-    temperature: float = _opt(0.1, "SimCLR NT-Xent and SwAV softmax temperature")
-    ema_tau: float = _opt(0.99, "BYOL: base EMA rate of the target encoder, raised to 1 by a cosine over the steps")
-    prototypes: int = _opt(3000, "SwAV: number of prototypes (l2-normalised, no bias)")
+    temperature: float = _opt(0.1, "SimCLR NT-Xent and SwAV softmax temperature (each method sets its own: simclr 0.2, "
+                              "swav 0.1)")
+    ema_tau: float = _opt(0.99, "BYOL: base EMA rate of the target encoder, raised to 1 by a cosine over the steps "
+                          "(BYOL: 0.996 on ImageNet, 0.99 on CIFAR)")
+    prototypes: int = _opt(3000, "SwAV: number of prototypes K (l2-normalised, no bias); SwAV's 3000 is for ImageNet, "
+                           "a few hundred suit 10-100 classes (digits preset: 100)")
     sinkhorn_iters: int = _opt(3, "SwAV: Sinkhorn-Knopp iterations")
     sinkhorn_eps: float = _opt(0.05, "SwAV: Sinkhorn-Knopp epsilon (entropy regularisation)")
     freeze_prototypes_epochs: int = _opt(1, "SwAV: prototypes get no update during the first N epochs")
     queue_size: int = _opt(0, "SwAV: queue of past projections used in Sinkhorn (0 = off)")
     queue_start_epoch: int = _opt(0, "SwAV: epoch from which the queue is used")
     small_crops: int = _opt(0, "multi-crop: number of extra small views (SwAV: 6); 0 = two views only")
-    small_crop_size: int = _opt(96, "multi-crop: size of the small views (96 on ImageNet, 18 on CIFAR)")
+    small_crop_size: int = _opt(96, "multi-crop: size of the small views, below --image-size (SwAV: 96 for 224 px; "
+                                "18 for 32 px with --small-crop-scale 0.08 0.5; digits preset: 8)")
     small_crop_scale: tuple[float, float] = _opt((0.05, 0.14), "multi-crop: area fraction range of the small views", nargs=2)
     blur_p2: float | None = _opt(None, "blur probability of the second view (BYOL: 0.1); None = same as --blur-p")
     solarize_p2: float | None = _opt(None, "solarize probability of the second view (BYOL: 0.2); None = same as --solarize-p")
@@ -157,6 +161,15 @@ class Config:
             raise ConfigError("--target-memory has one target per image; --symmetry asym2x does not apply")
         if self.small_crops and self.method != "swav":
             raise ConfigError(f"--small-crops (multi-crop) is used by --method swav only, not {self.method}")
+        if self.small_crops and self.small_crop_size >= self.image_size:
+            raise ConfigError(f"--small-crop-size {self.small_crop_size} must be below --image-size {self.image_size}")
+        simsiam_only = dict(head_bn="default", similarity="cosine", symmetry="sym", fixed_predictor=False,
+                            concat_views=False)
+        for name, default in simsiam_only.items():
+            if self.method != "simsiam" and getattr(self, name) != default:
+                raise ConfigError(f"--{_flag(name)} is a SimSiam ablation; {self.method} has its own heads and loss")
+        if self.method == "byol" and not self.stop_gradient:
+            raise ConfigError("--no-stop-gradient does not apply to byol: its target is a moving average, not trained")
         if not 0 < self.small_crop_scale[0] <= self.small_crop_scale[1] <= 1:
             raise ConfigError(f"--small-crop-scale needs 0 < min <= max <= 1, got {self.small_crop_scale}")
         if self.workers < 0:
