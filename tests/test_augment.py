@@ -148,3 +148,37 @@ def test_solarize_matches_torchvision():
     x = images(3, 16)
     ref = torch.stack([TF.solarize(img.float() / 255, 0.5) for img in x])
     torch.testing.assert_close(aug(x, torch.Generator().manual_seed(0)), ref, atol=1e-6, rtol=0)
+
+
+def test_two_views_default_draw_order_is_unchanged():
+    """No per-view probabilities: exactly two calls of the same pipeline on one generator (the draw
+    order that resume and stream == memory identities rely on)."""
+    x, aug = images(), Augment(32, solarize_p=0.3)
+    v1, v2 = aug.two_views(x, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    torch.testing.assert_close(v1, aug(x, g), rtol=0, atol=0)
+    torch.testing.assert_close(v2, aug(x, g), rtol=0, atol=0)
+
+
+def test_second_view_probabilities():
+    """BYOL: blur 1.0 / 0.1, solarize 0.0 / 0.2; the second view alone takes blur_p2 / solarize_p2."""
+    x, g = images(64, seed=1), torch.Generator().manual_seed(0)
+    aug = Augment(32, jitter_p=0, gray_p=0, hflip=0, crop_scale=(1, 1), crop_ratio=(1, 1), blur_p=1.0, blur_p2=0.0,
+                  blur_sigma=(1.5, 1.5), solarize_p=0.0, solarize_p2=1.0)
+    v1, v2 = aug.two_views(x, g)
+    plain = A.normalize(x.float() / 255, aug.mean, aug.std)
+    solarized = A.normalize(torch.where(x >= 128, 255 - x, x).float() / 255, aug.mean, aug.std)
+    torch.testing.assert_close(v2, solarized, atol=1e-5, rtol=0)  # solarized, not blurred
+    assert (v1 - plain).flatten(1).abs().amax(1).min() > 0.01  # every sample of view 1 blurred
+    same = Augment(32, blur_p=1.0, blur_p2=None)
+    assert same.two_views(x, torch.Generator().manual_seed(0))[1].shape == (64, 3, 32, 32)
+
+
+def test_small_views():
+    aug = Augment(32, small_size=12, small_scale=(0.05, 0.3), blur_p=0.0)
+    x = images(8)
+    small = aug.small_views(x, torch.Generator().manual_seed(0), 3)
+    assert len(small) == 3 and all(s.shape == (8, 3, 12, 12) for s in small)
+    again = aug.small_views(x, torch.Generator().manual_seed(0), 3)
+    assert all(torch.equal(a, b) for a, b in zip(small, again))
+    assert (small[0] - small[1]).abs().max() > 0.1  # each small view its own draws
