@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,3 +175,29 @@ def test_reproduce_runs_end_to_end_and_reuses_finished_variants(tmp_path, capsys
     assert "--data-dir" in capsys.readouterr().err
     assert main(["reproduce", "similarity", "--set", "widht=2"]) == 2
     assert "widht" in capsys.readouterr().err
+
+
+def test_finished_runs_are_reused_only_by_the_same_code_unless_fresh(tmp_path, monkeypatch):
+    import simsiam.reproduce as rep
+
+    trained = []
+
+    def runner(cfg):
+        trained.append(cfg.run_dir)
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.run_dir) / "summary.json").write_text(json.dumps({"knn_top1": 0.5, "n": len(trained)}))
+        return {"knn_top1": 0.5, "n": len(trained)}
+
+    cfg = from_preset("digits", **TINY)
+    jobs = [(rep.Variant("default", {}, None), cfg, tmp_path / "a")]
+    index = tmp_path / "index.json"
+    run = lambda **kw: rep.run_variants(jobs, index, lambda *_: None, "g", runner=runner, **kw)[0]["n"]  # noqa: E731
+    assert run() == 1 and run() == 1  # same configuration, same code: reused
+    assert run(fresh=True) == 2
+    fp = rep.code_fingerprint()
+    assert fp == rep.code_fingerprint() and len(fp) == 16
+    monkeypatch.setattr(rep, "code_fingerprint", lambda: "other-code")
+    assert run() == 3 and run() == 3  # changed sources retrain once, then reuse
+    index.write_text(json.dumps({rep.config_key(cfg): str(tmp_path / "a")}))  # an index from before fingerprints
+    assert run() == 4
+    assert trained == [str(tmp_path / "a")] * 4

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train every variant of an experiment group and write OUT/<group>/table.md (kNN, z-std, "
                     "collapse, the paper's ImageNet number) and z_std.png. --scale cpu (default) runs the embedded "
                     "digits at a size that takes about 40 s per variant on a CPU; --scale paper the paper's "
-                    "ImageNet setting (GPUs, --data-dir). Finished variants are reused when run again.",
+                    "ImageNet setting (GPUs, --data-dir). Variants finished by the same simsiam code are reused "
+                    "when run again (--fresh retrains).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     rr.add_argument("name", choices=[*GROUPS, "all"], metavar="NAME", help=f"one of: {', '.join(GROUPS)}, all")
     rr.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
@@ -119,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="SimSiam vs SimCLR, BYOL, SwAV: same data, backbone, augmentation and budget, one table",
         description="Train each method (in its own process) for the same epochs, probe it linearly, and write "
                     "OUT/comparison.md (kNN, linear-fast, images/s, peak memory, the paper's ImageNet numbers) and "
-                    "OUT/knn.png (kNN per epoch of every method). Finished methods are reused when run again.",
+                    "OUT/knn.png (kNN per epoch of every method). Methods finished by the same simsiam code are "
+                    "reused when run again (--fresh retrains).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cp.add_argument("methods", nargs="+", metavar="METHOD", help="simsiam simclr byol swav (any of them)")
     cp.add_argument("--scale", choices=["cpu", "paper"], default="cpu",
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_experiment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fresh", action="store_true",
+                   help="train every run again even if the same configuration already finished under --out")
     p.add_argument("--preset", help="base preset instead of the scale's (digits at cpu, imagenet at paper)")
     p.add_argument("--data-dir", help="data for every run (a folder or a torchvision copy)")
     p.add_argument("--dataset", choices=["digits", "folder", "cifar10", "cifar100", "stl10"])
@@ -256,7 +260,7 @@ def _reproduce(args) -> None:
     groups = list(GROUPS) if args.name == "all" else [args.name]
     tables = []
     for group in groups:
-        run_group(group, args.out, args.scale, args.seeds, args.preset, log=log, **common)
+        run_group(group, args.out, args.scale, args.seeds, args.preset, log=log, fresh=args.fresh, **common)
         tables.append((Path(args.out) / group / "table.md").read_text())
         log(tables[-1])
     if len(groups) > 1:
@@ -297,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             from .compare import compare
 
             compare(args.methods, args.out, args.scale, args.preset, args.own_augmentation, log=log,
-                          **_experiment_overrides(args))
+                    fresh=args.fresh, **_experiment_overrides(args))
             log((Path(args.out) / "comparison.md").read_text() + f"plot: {Path(args.out) / 'knn.png'}")
         elif args.command == "report":
             from .report import write_report

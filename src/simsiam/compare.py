@@ -74,7 +74,8 @@ def _subprocess_train(cfg: Config) -> dict:
 
 
 def compare(methods: list[str], out: str | Path = "runs/compare", scale: str = "cpu", preset: str | None = None,
-            own_augmentation: bool = False, log=print, in_process: bool = False, **common) -> dict:
+            own_augmentation: bool = False, log=print, in_process: bool = False, fresh: bool = False,
+            **common) -> dict:
     """Train each method with the same budget, probe it linearly, write OUT/{comparison.md,
     results.json, knn.png}. `in_process` trains in this process (tests; memory is then shared)."""
     if not methods:
@@ -82,7 +83,8 @@ def compare(methods: list[str], out: str | Path = "runs/compare", scale: str = "
     out = Path(out)
     jobs = [(Variant(m, {}, PAPER.get(m, (None,))[0]), method_config(m, scale, preset, own_augmentation, **common),
              out / m) for m in methods]
-    rows = run_variants(jobs, out / "index.json", log, "compare", runner=None if in_process else _subprocess_train)
+    rows = run_variants(jobs, out / "index.json", log, "compare", runner=None if in_process else _subprocess_train,
+                        fresh=fresh)
     for row, (_, cfg, _) in zip(rows, jobs):
         row["linear_fast"] = _linear_fast(Path(row["run_dir"]), cfg)
         row["config_key"] = config_key(cfg)

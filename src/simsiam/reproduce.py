@@ -18,8 +18,9 @@ scale. At CPU scale only directions can be compared (collapse or not, which vari
 than the seed noise), never the paper's decimals.
 
 Each variant trains in OUT/<group>/<variant>/ (a full run directory). A variant whose configuration
-already finished anywhere under OUT (OUT/index.json) is not trained again: an interrupted
-`reproduce` continues where it stopped, and the default SimSiam that most groups share trains once.
+already finished anywhere under OUT (OUT/index.json) with the same simsiam source code is not
+trained again: an interrupted `reproduce` continues where it stopped, and the default SimSiam that
+most groups share trains once. Changed code (or `--fresh`) trains every variant again.
 """
 
 from __future__ import annotations
@@ -116,13 +117,13 @@ def _slug(label: str) -> str:
 
 
 def run_group(group: str, out: str | Path, scale: str = "cpu", seeds: int = 1, preset: str | None = None,
-              log=print, **common) -> dict:
+              log=print, fresh: bool = False, **common) -> dict:
     """Train every variant of `group` (skipping finished ones) and write OUT/<group>/{results.json,
     table.md, z_std.png}. Returns the results with the checks of the paper's claims."""
     root = Path(out) / group
     jobs = [(v, cfg, root / (_slug(v.label) + (f"-seed{seed}" if seeds > 1 else "")))
             for seed in range(seeds) for v, cfg in configs(group, scale, preset, seed, **common)]
-    rows = run_variants(jobs, Path(out) / "index.json", log, group)
+    rows = run_variants(jobs, Path(out) / "index.json", log, group, fresh=fresh)
     results = {"group": group, "scale": scale, "date": time.strftime("%Y-%m-%d"), "rows": rows,
                "variants": _aggregate(rows)}
     results["checks"] = CHECKS.get(group, lambda r: [])(results["variants"])
@@ -133,27 +134,36 @@ def run_group(group: str, out: str | Path, scale: str = "cpu", seeds: int = 1, p
 
 
 def run_variants(jobs: list[tuple[Variant, Config, Path]], index_path: Path, log=print, name: str = "",
-                 runner=None) -> list[dict]:
+                 runner=None, fresh: bool = False) -> list[dict]:
     """Train each (variant, config, run_dir) unless a run of the same configuration finished under
-    the index (then its summary is reused); `runner(cfg) -> summary` defaults to `train`."""
+    the index with the same simsiam source code (then its summary is reused); `fresh` retrains
+    regardless. `runner(cfg) -> summary` defaults to `train`."""
     from .train import train
 
+    code = code_fingerprint()
     rows = []
     for v, cfg, run_dir in jobs:
         index = json.loads(index_path.read_text()) if index_path.exists() else {}
         key = config_key(cfg)
-        run_dir = Path(index.get(key) or run_dir)
+        entry = index.get(key) or {}
+        if isinstance(entry, str):  # index written before the code fingerprint was recorded
+            entry = {"run_dir": entry, "code": None}
+        run_dir = Path(entry.get("run_dir") or run_dir)
         done = run_dir / "summary.json"
-        if done.exists():
+        reuse = done.exists() and not fresh and entry.get("code") == code
+        if reuse:
             summary = json.loads(done.read_text())
-            log(f"{name} / {v.label} (seed {cfg.seed}): same configuration already trained in {run_dir}")
+            log(f"{name} / {v.label} (seed {cfg.seed}): same configuration and code already trained in {run_dir}")
         else:
-            log(f"{name} / {v.label} (seed {cfg.seed}) -> {run_dir}")
-            if run_dir.exists():  # an interrupted variant: start it again from scratch
+            why = ("--fresh" if fresh else "trained by other simsiam code") if done.exists() else ""
+            log(f"{name} / {v.label} (seed {cfg.seed}) -> {run_dir}" + (f" (again: {why})" if why else ""))
+            if run_dir.exists():  # interrupted, stale or --fresh: start it again from scratch
                 _clear(run_dir)
             summary = (runner or train)(cfg.replace(run_dir=str(run_dir)))
             index_path.parent.mkdir(parents=True, exist_ok=True)
-            index_path.write_text(json.dumps({**index, key: str(run_dir)}, indent=1) + "\n")
+            index = json.loads(index_path.read_text()) if index_path.exists() else {}
+            index[key] = {"run_dir": str(run_dir), "code": code}
+            index_path.write_text(json.dumps(index, indent=1) + "\n")
         rows.append({**summary, "variant": v.label, "seed": cfg.seed, "paper": v.paper, "run_dir": str(run_dir)})
     return rows
 
@@ -161,6 +171,15 @@ def run_variants(jobs: list[tuple[Variant, Config, Path]], index_path: Path, log
 def config_key(cfg: Config) -> str:
     """Identity of a training configuration (everything but where it is written)."""
     return hashlib.sha256(json.dumps(cfg.replace(run_dir=None).to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def code_fingerprint() -> str:
+    """Hash of the installed simsiam sources: a finished run is reused only by the code that made it."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _clear(run_dir: Path) -> None:
