@@ -1,14 +1,15 @@
 """Two-view augmentation throughput: our batched `Augment` against torchvision's per-image pipeline.
 
-    python benchmarks/augment.py [--seconds S] [--sizes 32 224] [--note TEXT]
+    python benchmarks/augment.py [--seconds S] [--rounds R] [--sizes 32 224] [--note TEXT]
 
 Recipes: 32 -> CIFAR (32 px in, 32 px out, no blur); 224 -> ImageNet (256 px in, 224 px out, blur).
 torchvision runs the way the official SimSiam code (and lightly) does: a Dataset of decoded PIL
 images whose __getitem__ applies the transform twice, in a DataLoader with 2 workers. Ours runs in
-the main process on batches of uint8 tensors, as train.py does. Images/s counts source images (each
-gives two views). For the CIFAR recipe it also measures the share of a CPU training step (width-1/4
-ResNet-18 SimSiam, batch 256, channels_last) spent augmenting, and with a CUDA GPU it times ours
-there too. Prints a table and writes its section of benchmarks/RESULTS.md.
+the main process on batches of uint8 tensors, as train.py does. The two alternate in short windows
+(`--rounds`) and the medians are reported, so a drift in a shared machine's speed hits both.
+Images/s counts source images (each gives two views). For the CIFAR recipe it also measures the
+share of a CPU training step (width-1/4 ResNet-18 SimSiam, batch 256, channels_last) spent
+augmenting, and with a CUDA GPU it times ours there too. Prints a table and writes its section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import datetime
 import os
 import platform
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -93,14 +95,28 @@ def ours_rate(images: torch.Tensor, size: int, blur_p: float, batch: int, second
 
 
 def torchvision_rate(images: np.ndarray, size: int, blur_p: float, batch: int, seconds: float) -> float:
+    """A fresh 2-worker DataLoader per call, shut down after it: no worker prefetches in the
+    background while ours is timed."""
     ds = TwoViews(images, torchvision_transform(size, blur_p))
-    loader = DataLoader(ds, batch_size=batch, num_workers=2, persistent_workers=True, prefetch_factor=2,
+    loader = DataLoader(ds, batch_size=batch, num_workers=2, prefetch_factor=2,
                         sampler=RandomSampler(ds, replacement=True, num_samples=1 << 30))
     it = iter(loader)
     # warm-up past the 2 x 2 prefetched batches, so the timed batches are produced while timing
     r = rate(lambda: len(next(it)[0]), seconds, warmup=6)
-    del it, loader
+    del it, loader  # the last reference to the iterator: its workers stop here
     return r
+
+
+def side_by_side(images: torch.Tensor, arr: np.ndarray, size: int, r: dict, seconds: float,
+                 rounds: int) -> tuple[float, float, float]:
+    """Ours and torchvision in alternating windows (seconds / rounds each), so both see the same
+    machine (this one is shared and its speed drifts by tens of percent over minutes). Returns
+    the median images/s of each and the median of the per-round ratios."""
+    ours, tv = [], []
+    for _ in range(rounds):
+        ours.append(ours_rate(images, size, r["blur_p"], r["batch"], seconds / rounds))
+        tv.append(torchvision_rate(arr, size, r["blur_p"], r["batch"], seconds / rounds))
+    return statistics.median(ours), statistics.median(tv), statistics.median(o / t for o, t in zip(ours, tv))
 
 
 def step_share(images: torch.Tensor, seconds: float) -> tuple[float, float]:
@@ -152,7 +168,9 @@ def write_results(section: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=5.0, help="timed wall-clock budget per measurement")
+    p.add_argument("--seconds", type=float, default=6.0, help="timed wall-clock budget per measurement")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating windows of ours and torchvision per recipe (medians are reported)")
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 224], choices=sorted(RECIPES))
     p.add_argument("--note", default="", help="remark written with the results (e.g. 'smoke run')")
     p.add_argument("--no-write", action="store_true", help=f"do not update {RESULTS.name}")
@@ -164,18 +182,18 @@ def main() -> None:
         n = 4096 if size == 32 else 512
         arr = np.random.default_rng(0).integers(0, 256, (n, r["in_size"], r["in_size"], 3), dtype=np.uint8)
         images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-        ours = ours_rate(images, size, r["blur_p"], r["batch"], args.seconds)
-        tv = torchvision_rate(arr, size, r["blur_p"], r["batch"], args.seconds)
+        ours, tv, ratio = side_by_side(images, arr, size, r, args.seconds, args.rounds)
         gpu = ours_rate(images.cuda(), size, r["blur_p"], 256, args.seconds) if torch.cuda.is_available() else None
         name = f"{r['in_size']} px -> {size} px{', blur' if r['blur_p'] else ''}"
-        rows.append((name, ours, tv, ours / tv, gpu))
+        rows.append((name, ours, tv, ratio, gpu))
         if size == 32:
             t_aug, t_model = step_share(images, args.seconds)
             lines.append(f"CIFAR step (batch 256, width-1/4 ResNet-18, CPU): augmentation {1e3 * t_aug:.0f} ms, "
                          f"model update {1e3 * t_model:.0f} ms -> augmentation is "
                          f"{100 * t_aug / (t_aug + t_model):.1f}% of the step")
 
-    head = "| recipe | ours CPU (img/s) | torchvision, 2 workers (img/s) | ours / torchvision | ours GPU (img/s) |"
+    head = ("| recipe | ours CPU (img/s) | torchvision, 2 workers (img/s) | ours / torchvision (median of rounds) "
+            "| ours GPU (img/s) |")
     table = [head, "|---|---:|---:|---:|---:|"]
     table += [f"| {n} | {o:,.0f} | {t:,.0f} | {q:.2f}x | {'-' if g is None else f'{g:,.0f}'} |"
               for n, o, t, q, g in rows]
@@ -185,7 +203,7 @@ def main() -> None:
         date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         note = f" **{args.note}**" if args.note else ""
         write_results(f"## Two-view augmentation throughput (`benchmarks/augment.py`)\n\n"
-                      f"{date}, `--seconds {args.seconds:g}`.{note}\nMachine: {machine()}.\n"
+                      f"{date}, `--seconds {args.seconds:g} --rounds {args.rounds}`.{note}\nMachine: {machine()}.\n"
                       f"Images/s counts source images; each yields two views.\n\n{out}\n")
         print(f"\nwrote {RESULTS}")
 

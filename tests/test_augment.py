@@ -136,10 +136,37 @@ def test_no_blur_for_32px_recipe():
     torch.testing.assert_close(aug(x, torch.Generator().manual_seed(0)), x.float() / 255, atol=1e-6, rtol=0)
 
 
-def test_hsv_roundtrip():
+def test_hue_shift_zero_is_identity_and_grey_and_pure_colours_match_torchvision():
     x = torch.rand(3, 3, 10, 10)
-    torch.testing.assert_close(A._hsv_to_rgb(*A._rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(A._hue(x, torch.zeros(3, 1, 1, 1)), x, atol=1e-5, rtol=0)
     assert math.isclose(A._GRAY[0] + A._GRAY[1] + A._GRAY[2], 1.0, abs_tol=1e-3)
+    # grey pixels, black, white, pure and two-channel-equal colours (ties in the max)
+    px = torch.tensor([[0.5, 0.5, 0.5], [0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0],
+                       [0, 1, 1], [1, 0, 1], [0.2, 0.7, 0.7], [0.9, 0.9, 0.1], [0.3, 0.1, 0.3]])
+    img = px.T.reshape(1, 3, 3, 4).expand(4, -1, -1, -1)
+    for i, f in enumerate([-0.5, -0.17, 0.25, 0.5]):
+        got = A._hue(img[i:i + 1], torch.tensor([f]).view(-1, 1, 1, 1))[0]
+        torch.testing.assert_close(got, TF.adjust_hue(img[i], f), atol=2e-5, rtol=0)
+
+
+def test_crops_no_larger_than_the_output_take_grid_sample_equal_to_roi_align():
+    from torchvision.ops import roi_align
+
+    x = images(64, 32).float() / 255
+    g = torch.Generator().manual_seed(0)
+    boxes = A.crop_boxes(64, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3), lambda *s: torch.rand(*s, generator=g))
+    idx = torch.arange(64.0).unsqueeze(1)
+    ref = roi_align(x, torch.cat([idx, boxes], 1), (32, 32), 1.0, -1, True)
+    torch.testing.assert_close(A._upscale_crop(x, boxes, 32), ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(A.resized_crop(images(64, 32), boxes, 32), ref, atol=1e-6, rtol=0)
+    # crops larger than the output are averaged by roi_align (several samples per pixel); a batch
+    # mixing both kinds keeps its order
+    ref = roi_align(x, torch.cat([idx, boxes], 1), (16, 16), 1.0, -1, True)
+    assert 0 < ((boxes[:, 2:] - boxes[:, :2]) <= 16).all(dim=1).sum() < 64
+    torch.testing.assert_close(A.resized_crop(images(64, 32), boxes, 16), ref, atol=1e-6, rtol=0)
+    big = torch.tensor([[0.0, 0.0, 32.0, 32.0]])
+    ref = roi_align(x[:1], torch.cat([idx[:1], big], 1), (8, 8), 1.0, -1, True)
+    torch.testing.assert_close(A.resized_crop(images(64, 32)[:1], big, 8), ref, atol=1e-6, rtol=0)
 
 
 def test_solarize_matches_torchvision():

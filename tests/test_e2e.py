@@ -31,8 +31,9 @@ def metrics(run_dir):
 
 def test_simsiam_learns_without_collapse_and_collapses_without_stop_gradient(cifar_slice, tmp_path):
     # A high lr makes the no-stop-gradient collapse show within 6 short epochs. Measured: with
-    # stop-gradient loss -0.16 -> -0.56, z-std 0.99 x 1/sqrt(d) throughout; without it loss -0.94,
-    # z-std 0.30 x 1/sqrt(d) and still falling.
+    # stop-gradient loss -0.16 -> -0.56, z-std 0.99 x 1/sqrt(d) throughout; without it the loss
+    # goes to -0.85..-0.94 (it moves by a few hundredths with float-level changes to the
+    # augmentation, so the last epoch's mean is checked), z-std 0.3-0.45 x 1/sqrt(d).
     kw = dict(epochs=6, lr=2.0)
     ok = train(small_cfg(cifar_slice, tmp_path / "sg", **kw))
     m = metrics(tmp_path / "sg")
@@ -41,7 +42,8 @@ def test_simsiam_learns_without_collapse_and_collapses_without_stop_gradient(cif
 
     bad = train(small_cfg(cifar_slice, tmp_path / "nosg", stop_gradient=False, **kw))
     assert bad["collapsed"] and bad["z_std"] < 0.5 * bad["z_std_healthy"], bad
-    assert bad["loss"] < -0.9
+    last = [x["loss"] for x in metrics(tmp_path / "nosg")][-3:]
+    assert sum(last) / len(last) < -0.8 and bad["loss"] < m[-1]["loss"] - 0.2, last
     assert bad["knn_top1"] < ok["knn_top1"]
 
 

@@ -114,11 +114,38 @@ def crop_boxes(n: int, height: int, width: int, scale, ratio, rand) -> torch.Ten
 
 
 def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop each image to its box and resize to size x size (bilinear; averaging when shrinking)."""
+    """Crop each image to its box and resize to size x size (bilinear; averaging when shrinking).
+
+    roi_align (aligned, adaptive sampling) takes ceil(box / size) samples per output pixel and
+    axis. For a box no larger than the output (every CIFAR crop, most ImageNet ones) that is one
+    sample at each output pixel's centre: exactly a bilinear grid_sample with border clamping,
+    several times faster on a CPU, so those boxes take it and only the larger ones roi_align."""
     x = images.float().div_(255)
-    idx = torch.arange(x.shape[0], device=x.device, dtype=x.dtype).unsqueeze(1)
-    return roi_align(x, torch.cat([idx, boxes.to(x.dtype)], dim=1), (size, size), spatial_scale=1.0,
-                     sampling_ratio=-1, aligned=True).clamp_(0, 1)
+    boxes = boxes.to(x.dtype)
+    small = ((boxes[:, 2:] - boxes[:, :2]) <= size).all(dim=1)
+    if bool(small.all()):
+        return _upscale_crop(x, boxes, size)
+    big = (~small).nonzero().squeeze(1)
+    rois = torch.cat([big.to(x.dtype).unsqueeze(1), boxes[big]], dim=1)  # roi_align reads x by row index
+    out = roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True).clamp_(0, 1)
+    if not bool(small.any()):
+        return out
+    idx = small.nonzero().squeeze(1)
+    return torch.cat([out, _upscale_crop(x[idx], boxes[idx], size)]).index_select(
+        0, torch.cat([big, idx]).argsort())
+
+
+def _upscale_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """roi_align's one-sample-per-pixel case: pixel coordinate box0 + (i + 0.5) * extent / size - 0.5,
+    mapped to grid_sample's normalised coordinates (align_corners=False: (2p + 1) / W - 1)."""
+    n, _, height, width = x.shape
+    steps = (torch.arange(size, device=x.device, dtype=x.dtype) + 0.5) / size
+    px = boxes[:, 0:1] + steps * (boxes[:, 2:3] - boxes[:, 0:1]) - 0.5  # (n, size)
+    py = boxes[:, 1:2] + steps * (boxes[:, 3:4] - boxes[:, 1:2]) - 0.5
+    gx = ((2 * px + 1) / width - 1).unsqueeze(1).expand(n, size, size)
+    gy = ((2 * py + 1) / height - 1).unsqueeze(2).expand(n, size, size)
+    return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border",
+                         align_corners=False)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -128,22 +155,23 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 def color_jitter(x: torch.Tensor, apply: torch.Tensor, strength, rand) -> torch.Tensor:
     """ColorJitter with per-sample factors and a per-sample random order of the four ops, as
-    torchvision draws them (factor ~ U(max(0, 1 - s), 1 + s); hue ~ U(-h, h))."""
+    torchvision draws them (factor ~ U(max(0, 1 - s), 1 + s); hue ~ U(-h, h)). At each of the
+    four positions every op runs once, on the samples that have it there."""
     n = x.shape[0]
     b, c, s, h = strength
     uniform = lambda lo, hi: lo + (hi - lo) * rand(n)  # noqa: E731
     factors = torch.stack([uniform(max(0, 1 - b), 1 + b), uniform(max(0, 1 - c), 1 + c),
                            uniform(max(0, 1 - s), 1 + s), uniform(-h, h)], dim=1)
     order = rand(n, 4).argsort(dim=1)  # a random permutation of the ops per sample
+    order = torch.where(apply.unsqueeze(1), order, torch.full_like(order, -1))  # -1: not jittered
     ops = [_brightness, _contrast, _saturation, _hue]
-    active = [b > 0, c > 0, s > 0, h > 0]
+    active = [op for op, strength_op in enumerate((b, c, s, h)) if strength_op > 0]
     x = x.clone()
     for pos in range(4):
-        for op in range(4):
-            if not active[op]:
-                continue
-            m = apply & (order[:, pos] == op)
-            x[m] = ops[op](x[m], factors[m, op].view(-1, 1, 1, 1))
+        for op in active:
+            idx = (order[:, pos] == op).nonzero().squeeze(1)
+            if idx.numel():
+                x.index_copy_(0, idx, ops[op](x.index_select(0, idx), factors[idx, op].view(-1, 1, 1, 1)))
     return x
 
 
@@ -164,30 +192,22 @@ def _saturation(x, f):
 
 
 def _hue(x, f):
-    h, s, v = _rgb_to_hsv(x)
-    return _hsv_to_rgb((h + f[:, 0]) % 1.0, s, v)
-
-
-def _rgb_to_hsv(x):
+    """torchvision's adjust_hue (RGB -> HSV, h + f mod 1, HSV -> RGB) without building S and V:
+    V = max and V * S = max - min survive the round trip unchanged, and a grey pixel (max = min)
+    comes back as it went in whatever its hue, so only the hue (in sixths) is computed."""
     r, g, b = x.unbind(1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
+    maxc, minc = x.amax(dim=1), x.amin(dim=1)
     delta = maxc - minc
-    gray = delta == 0
-    s = delta / torch.where(gray, torch.ones_like(maxc), maxc)
-    d = torch.where(gray, torch.ones_like(delta), delta)
-    rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(gray, torch.zeros_like(h), h)
-    return (h / 6.0) % 1.0, s, maxc
-
-
-def _hsv_to_rgb(h, s, v):
-    # f(n) = v - v s max(0, min(k, 4 - k, 1)), k = (n + 6h) mod 6, for n = 5, 3, 1 -> r, g, b
+    inv = 1 / torch.where(delta == 0, torch.ones_like(delta), delta)
+    rc, gc, bc = (maxc - r) * inv, (maxc - g) * inv, (maxc - b) * inv
+    h6 = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h6 = h6 + 6 * f[:, 0]  # hue in sixths of a turn, shifted; the mod 6 below wraps it
+    # HSV -> RGB: channel n in (5, 3, 1) -> (r, g, b) is V - V S clamp(min(k, 4 - k), 0, 1),
+    # k = (n + 6h) mod 6
     out = []
     for n in (5, 3, 1):
-        k = (n + 6 * h) % 6
-        out.append(v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
+        k = torch.remainder(h6 + n, 6)
+        out.append(maxc - delta * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
     return torch.stack(out, dim=1)
 
 
