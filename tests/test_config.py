@@ -26,6 +26,12 @@ def test_cifar_preset_is_the_paper_recipe():
     assert c.image_size == 32 and c.width == 1.0
 
 
+def test_imagenet_preset_stores_256_for_the_papers_centre_crop_eval():
+    c = from_preset("imagenet", data_dir="x")
+    assert (c.image_size, c.load_size, c.stored_size) == (224, 256, 256)
+    assert from_preset("cifar10").stored_size == 32  # load size 0: stored at the crop size
+
+
 def test_every_preset_is_valid():
     for name, values in PRESETS.items():
         from_preset(name, data_dir="somewhere" if values["dataset"] == "folder" else None)
@@ -35,7 +41,7 @@ def test_every_preset_is_valid():
 
 @pytest.mark.parametrize("bad", [
     {"batch_size": 0}, {"lr": -1.0}, {"gray_p": 1.5}, {"schedule": "linear"}, {"proj_layers": 4},
-    {"crop_scale": (0.5, 0.2)},
+    {"crop_scale": (0.5, 0.2)}, {"load_size": 200},  # stored below the 224 px crop
 ])
 def test_bad_values_fail(bad):
     with pytest.raises(ConfigError):

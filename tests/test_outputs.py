@@ -90,7 +90,7 @@ def test_official_checkpoint_loads_and_evaluates(tmp_path, capsys):
     ckpt = tmp_path / "checkpoint_0099.pth.tar"
     ref = official_checkpoint(ckpt)
     backbone, cfg = load_backbone(ckpt)
-    assert cfg.arch == "resnet18" and not cfg.cifar_stem
+    assert cfg.arch == "resnet18" and not cfg.cifar_stem and cfg.stored_size == 256  # Resize(256) + CenterCrop(224)
     for k, v in ref.state_dict().items():
         assert torch.equal(backbone.state_dict()[k], v), k
     data = make_folder(tmp_path / "photos", n=10, size=40)
@@ -123,3 +123,51 @@ def test_embed_writes_features_and_paths(run, tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(backbone(prepare(x, cfg.image_size, cfg.mean, cfg.std)).numpy()[0], feats[0],
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_prepare_is_torchvision_center_crop_of_the_stored_images():
+    from torchvision.transforms import functional as TF
+
+    from simsiam.data.augment import prepare
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    for h, w in [(24, 24), (23, 25), (16, 16)]:  # odd margins: torchvision rounds the offset
+        x = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
+        ref = TF.normalize(TF.center_crop(x.float() / 255, [16, 16]), mean, std)
+        assert torch.equal(prepare(x, 16, mean, std), ref), (h, w)
+    small = torch.randint(0, 256, (1, 3, 12, 14), dtype=torch.uint8)  # below the crop: resized up first
+    assert prepare(small, 16, mean, std).shape == (1, 3, 16, 16)
+
+
+def test_load_size_trains_on_larger_decodes_and_evaluates_on_the_centre_crop(tmp_path):
+    """--load-size 24 --image-size 16: images are stored at 24 px, the network sees 16 px crops
+    in training and the 16 px centre (Resize(24) + CenterCrop(16)) in kNN, embed and export."""
+    from safetensors import safe_open
+
+    from simsiam.data import load_splits
+    from simsiam.data.augment import normalize
+    from simsiam.evaluate import extract_features
+
+    data = make_folder(tmp_path / "photos", n=8, size=40)
+    cfg = from_preset("folder", data_dir=str(data), image_size=16, load_size=24, batch_size=8, epochs=1,
+                      run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), **TINY)
+    summary = train(cfg)
+    assert np.isfinite(summary["loss"])
+    train_set, _ = load_splits(cfg)
+    assert train_set.images.shape[-2:] == (24, 24)
+    backbone, loaded = load_backbone(tmp_path / "run")
+    assert (loaded.image_size, loaded.stored_size) == (16, 24)
+    x = train_set.images[:4]
+    with torch.no_grad():
+        centre = backbone.eval()(normalize(x[..., 4:20, 4:20].float() / 255, cfg.mean, cfg.std))
+    feats = extract_features(backbone, x, cfg.image_size, cfg.mean, cfg.std, l2=False)
+    torch.testing.assert_close(feats, centre, rtol=1e-4, atol=1e-5)
+    # embed decodes at the load size too, so a file gets the feature the evaluation path gives it
+    out = tmp_path / "emb.npy"
+    assert main(["embed", str(tmp_path / "run"), "--data-dir", str(data / "blue"), "--out", str(out)]) == 0
+    from simsiam.data.datasets import decode_image
+    first = torch.from_numpy(decode_image(str(data / "blue" / "0.png"), 24)).permute(2, 0, 1)[None]
+    np.testing.assert_allclose(np.load(out)[0], extract_features(backbone, first, 16, cfg.mean, cfg.std, l2=False)[0],
+                               rtol=1e-4, atol=1e-5)
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "b.safetensors")]) == 0
+    with safe_open(str(tmp_path / "b.safetensors"), "pt") as f:
+        assert f.metadata()["eval_transform"].startswith("Resize(24) + CenterCrop(16)")

@@ -36,6 +36,9 @@ class Config:
     cache: bool = _opt(True, "cache decoded folders as .npy (keyed by file list, sizes, mtimes) for fast reloads")
     cache_dir: str | None = _opt(None, "decode cache and downloads (default $SIMSIAM_CACHE or ~/.cache/simsiam)")
     image_size: int = _opt(224, "size of the augmented crops fed to the network")
+    load_size: int = _opt(0, "size the images are decoded and stored at (shorter side, centre square); training crops "
+                          "are drawn from it and evaluation centre-crops --image-size out of it, as torchvision's "
+                          "Resize(load) + CenterCrop(image) (imagenet preset: 256); 0 = --image-size")
     subset: int | None = _opt(None, "train on N random training images (quick trials)")
     holdout: float = _opt(0.2, "fraction of the images held out as kNN queries when the data has no test split")
     # --- the network (paper Sec. 3 and App. D)
@@ -161,6 +164,8 @@ class Config:
             raise ConfigError("--target-memory has one target per image; --symmetry asym2x does not apply")
         if self.small_crops and self.method != "swav":
             raise ConfigError(f"--small-crops (multi-crop) is used by --method swav only, not {self.method}")
+        if self.load_size and self.load_size < self.image_size:
+            raise ConfigError(f"--load-size {self.load_size} must be at least --image-size {self.image_size} (or 0: the same)")
         if self.small_crops and self.small_crop_size >= self.image_size:
             raise ConfigError(f"--small-crop-size {self.small_crop_size} must be below --image-size {self.image_size}")
         simsiam_only = dict(head_bn="default", similarity="cosine", symmetry="sym", fixed_predictor=False,
@@ -199,6 +204,11 @@ class Config:
                               "or a folder preset (--preset folder, cifar10, ...)")
         if self.dataset == "folder" and not self.data_dir:
             raise ConfigError("--dataset folder needs --data-dir DIR (a folder of images)")
+
+    @property
+    def stored_size(self) -> int:
+        """Size the images are decoded and kept at (--load-size, or --image-size when 0)."""
+        return self.load_size or self.image_size
 
     @property
     def scaled_lr(self) -> float:
@@ -256,7 +266,9 @@ _CIFAR_PAPER = dict(
     batch_size=512, epochs=800, blur_p=0.0, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
 )
 PRESETS: dict[str, dict] = {
-    "imagenet": dict(dataset="folder"),
+    # Paper: RandomResizedCrop(224) for training, Resize(256) + CenterCrop(224) for evaluation; the
+    # images are stored at 256 (the square centre of the shorter side) so both come from one decode.
+    "imagenet": dict(dataset="folder", load_size=256),
     # Paper App. D: CIFAR ResNet-18, 2-layer projector, lr 0.03 x bs/256, wd 5e-4, bs 512, 800 ep, no blur.
     "cifar10": dict(dataset="cifar10", **_CIFAR_PAPER),
     "cifar100": dict(dataset="cifar100", **{**_CIFAR_PAPER, "mean": (0.5071, 0.4865, 0.4409),

@@ -34,6 +34,8 @@ def export_backbone(source, out) -> tuple[Path, Path]:
     meta = {
         "arch": cfg.arch, "width": str(cfg.width), "cifar_stem": str(cfg.cifar_stem).lower(),
         "feature_dim": str(_feature_dim(backbone, cfg)), "image_size": str(cfg.image_size),
+        "load_size": str(cfg.stored_size),
+        "eval_transform": f"Resize({cfg.stored_size}) + CenterCrop({cfg.image_size}) + ToTensor() + Normalize(mean, std)",
         "mean": json.dumps(list(cfg.mean)), "std": json.dumps(list(cfg.std)),
         "torchvision_loadable": str(cfg.width == 1.0).lower(),
         "howto": _howto(cfg),
@@ -83,7 +85,7 @@ def embed_folder(source, data_dir, out, batch_size: int = 256, projector: bool =
     feats, zs, kept, bad = [], [], [], []
     for i in tqdm(range(0, len(paths), batch_size), desc="embed", unit="batch", disable=not progress):
         chunk = paths[i:i + batch_size]
-        arrays = [decode_image(p, cfg.image_size) for p in chunk]
+        arrays = [decode_image(p, cfg.stored_size) for p in chunk]
         bad += [p for p, a in zip(chunk, arrays) if a is None]
         good = [(p, a) for p, a in zip(chunk, arrays) if a is not None]
         if not good:

@@ -243,13 +243,16 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def prepare(images: torch.Tensor, size: int, mean, std) -> torch.Tensor:
-    """Evaluation input: no augmentation; resize (shorter side) and centre-crop to `size` if needed."""
+    """Evaluation input, no augmentation: the centre size x size crop, as torchvision's
+    CenterCrop(size) of images stored at --load-size (Resize(256) + CenterCrop(224) on ImageNet).
+    Images whose shorter side is below `size` are first resized (shorter side) up to it."""
     x = images.float().div_(255)
-    if x.shape[-2:] != (size, size):
-        h, w = x.shape[-2:]
+    h, w = x.shape[-2:]
+    if min(h, w) < size:
         scale = size / min(h, w)
         x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))),
                           mode="bilinear", antialias=True, align_corners=False)
-        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    if x.shape[-2:] != (size, size):
+        top, left = (int(round((n - size) / 2.0)) for n in x.shape[-2:])  # torchvision's CenterCrop offsets
         x = x[..., top:top + size, left:left + size]
     return normalize(x, mean, std)

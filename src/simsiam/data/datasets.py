@@ -126,11 +126,11 @@ def _stack_good(items):
 
 def load_splits(cfg) -> tuple[ImageSet, ImageSet]:
     if cfg.dataset == "digits":
-        return holdout_split(load_digits(cfg.image_size), cfg.holdout)
+        return holdout_split(load_digits(cfg.stored_size), cfg.holdout)
     cache = cache_root(cfg.cache_dir) if cfg.cache else None
     if cfg.dataset in TORCHVISION_SETS and not (cfg.data_dir and _has_split_folders(cfg.data_dir)):
-        return load_torchvision(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.cache_dir)
-    return load_folder(cfg.data_dir, cfg.image_size, cfg.holdout, strict=cfg.strict, cache=cache,
+        return load_torchvision(cfg.dataset, cfg.data_dir, cfg.stored_size, cfg.cache_dir)
+    return load_folder(cfg.data_dir, cfg.stored_size, cfg.holdout, strict=cfg.strict, cache=cache,
                        placement=cfg.placement, memory_budget_gb=cfg.memory_budget_gb)
 
 
