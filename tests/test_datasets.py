@@ -213,13 +213,14 @@ def test_stream_placement_trains_exactly_like_memory(tmp_path):
     from simsiam.data import load_splits
 
     data = make_folder(tmp_path / "photos", n=20)
-    kw = dict(data_dir=str(data), image_size=16, width=0.125, dim=32, pred_dim=8, proj_hidden=32, batch_size=8,
+    kw = dict(data_dir=str(data), image_size=16, load_size=18, width=0.125, dim=32, pred_dim=8, proj_hidden=32, batch_size=8,
               epochs=2, knn_every=1, knn_random_init=False, report=False, cache=False)
     runs = {}
     for placement in ("memory", "stream"):
         cfg = from_preset("folder", placement=placement, workers=2, run_dir=str(tmp_path / placement), **kw)
         train_set, test_set = load_splits(cfg)
         assert type(train_set).__name__ == ("ImageSet" if placement == "memory" else "FileSet")
+        assert next(iter(train_set.batches(4))).shape[-2:] == (18, 18)  # stored at --load-size
         runs[placement] = (train(cfg), torch.load(tmp_path / placement / "checkpoint.pt", weights_only=False)["model"])
     (mem, mem_w), (stream, stream_w) = runs["memory"], runs["stream"]
     assert mem["knn_top1"] == stream["knn_top1"] and mem["loss"] == stream["loss"]
