@@ -285,7 +285,7 @@ PRESETS: dict[str, dict] = {
     "stl10": dict(dataset="stl10", arch="resnet18", image_size=96, batch_size=256, epochs=200,
                   mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713)),
     # The embedded default: scikit-learn's 8x8 digits upscaled to 16 px, width-1/4 CIFAR ResNet-18,
-    # so the run takes about two minutes on a 2-core CPU. Digits are not flip-invariant: no flip.
+    # so the run takes two to three minutes on a 2-core CPU. Digits are not flip-invariant: no flip.
     # Measured here (10 epochs, 16 px, batch 128): base lr 0.4 -> kNN 63%, 1.0 -> 71% (random
     # init 46%); batch 64 / 32 at lr 0.4 -> 67% / 66%; 32 px costs 4x the time per epoch.
     "digits": dict(
