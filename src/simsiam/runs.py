@@ -65,7 +65,7 @@ def _from_checkpoint_dict(state: dict, source: Path) -> tuple[Config, dict]:
         cifar_stem = tuple(weights["conv1.weight"].shape[-2:]) == (3, 3)
         # The data is not recorded in that format: evaluation must be given --data-dir.
         cfg = Config.from_dict({**PRESETS["imagenet"], "arch": arch, "cifar_stem": cifar_stem, "dataset": "digits",
-                                "image_size": 32 if cifar_stem else 224, "load_size": 0 if cifar_stem else 256,
+                                "image_size": 32 if cifar_stem else 224, "load_size": 0 if cifar_stem else PRESETS["imagenet"]["load_size"],
                                 "preset": OFFICIAL})
         return cfg, weights
     raise DataError(f"{source} is neither a simsiam checkpoint nor an official SimSiam one "

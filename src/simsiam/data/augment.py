@@ -123,14 +123,14 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.
     x = images.float().div_(255)
     boxes = boxes.to(x.dtype)
     small = ((boxes[:, 2:] - boxes[:, :2]) <= size).all(dim=1)
-    if bool(small.all()):
-        return _upscale_crop(x, boxes, size)
     big = (~small).nonzero().squeeze(1)
+    if big.numel() == 0:
+        return _upscale_crop(x, boxes, size)
     rois = torch.cat([big.to(x.dtype).unsqueeze(1), boxes[big]], dim=1)  # roi_align reads x by row index
     out = roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True).clamp_(0, 1)
-    if not bool(small.any()):
-        return out
     idx = small.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return out
     return torch.cat([out, _upscale_crop(x[idx], boxes[idx], size)]).index_select(
         0, torch.cat([big, idx]).argsort())
 
