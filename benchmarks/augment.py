@@ -50,9 +50,11 @@ class PILBlur:
 
 
 def torchvision_transform(size: int, blur_p: float) -> T.Compose:
-    stages = [T.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
-              T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-              T.RandomGrayscale(p=0.2)]
+    stages = [
+        T.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+    ]
     if blur_p:
         stages.append(T.RandomApply([PILBlur()], p=blur_p))
     return T.Compose(stages + [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
@@ -98,17 +100,23 @@ def torchvision_rate(images: np.ndarray, size: int, blur_p: float, batch: int, s
     """A fresh 2-worker DataLoader per call, shut down after it: no worker prefetches in the
     background while ours is timed."""
     ds = TwoViews(images, torchvision_transform(size, blur_p))
-    loader = DataLoader(ds, batch_size=batch, num_workers=2, prefetch_factor=2,
-                        sampler=RandomSampler(ds, replacement=True, num_samples=1 << 30))
-    it = iter(loader)
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        num_workers=2,
+        prefetch_factor=2,
+        sampler=RandomSampler(ds, replacement=True, num_samples=1 << 30),
+    )
+    batches = iter(loader)
     # warm-up past the 2 x 2 prefetched batches, so the timed batches are produced while timing
-    r = rate(lambda: len(next(it)[0]), seconds, warmup=6)
-    del it, loader  # the last reference to the iterator: its workers stop here
+    r = rate(lambda: len(next(batches)[0]), seconds, warmup=6)
+    batches = None  # the last reference to the iterator: its workers stop here
     return r
 
 
-def side_by_side(images: torch.Tensor, arr: np.ndarray, size: int, r: dict, seconds: float,
-                 rounds: int) -> tuple[float, float, float]:
+def side_by_side(
+    images: torch.Tensor, arr: np.ndarray, size: int, r: dict, seconds: float, rounds: int
+) -> tuple[float, float, float]:
     """Ours and torchvision in alternating windows (seconds / rounds each), so both see the same
     machine (this one is shared and its speed drifts by tens of percent over minutes). Returns
     the median images/s of each and the median of the per-round ratios."""
@@ -152,15 +160,17 @@ def machine() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, {cores} cores usable ({torch.get_num_threads()} torch threads){gpu}; "
-            f"torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}")
+    return (
+        f"{cpu}, {cores} cores usable ({torch.get_num_threads()} torch threads){gpu}; "
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}"
+    )
 
 
 def write_results(section: str) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     block = f"{BEGIN}\n{section.rstrip()}\n{END}"
     if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
@@ -169,8 +179,12 @@ def write_results(section: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=6.0, help="timed wall-clock budget per measurement")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="alternating windows of ours and torchvision per recipe (medians are reported)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating windows of ours and torchvision per recipe (medians are reported)",
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 224], choices=sorted(RECIPES))
     p.add_argument("--note", default="", help="remark written with the results (e.g. 'smoke run')")
     p.add_argument("--no-write", action="store_true", help=f"do not update {RESULTS.name}")
@@ -188,23 +202,30 @@ def main() -> None:
         rows.append((name, ours, tv, ratio, gpu))
         if size == 32:
             t_aug, t_model = step_share(images, args.seconds)
-            lines.append(f"CIFAR step (batch 256, width-1/4 ResNet-18, CPU): augmentation {1e3 * t_aug:.0f} ms, "
-                         f"model update {1e3 * t_model:.0f} ms -> augmentation is "
-                         f"{100 * t_aug / (t_aug + t_model):.1f}% of the step")
+            lines.append(
+                f"CIFAR step (batch 256, width-1/4 ResNet-18, CPU): augmentation {1e3 * t_aug:.0f} ms, "
+                f"model update {1e3 * t_model:.0f} ms -> augmentation is "
+                f"{100 * t_aug / (t_aug + t_model):.1f}% of the step"
+            )
 
-    head = ("| recipe | ours CPU (img/s) | torchvision, 2 workers (img/s) | ours / torchvision (median of rounds) "
-            "| ours GPU (img/s) |")
+    head = (
+        "| recipe | ours CPU (img/s) | torchvision, 2 workers (img/s) | ours / torchvision (median of rounds) "
+        "| ours GPU (img/s) |"
+    )
     table = [head, "|---|---:|---:|---:|---:|"]
-    table += [f"| {n} | {o:,.0f} | {t:,.0f} | {q:.2f}x | {'-' if g is None else f'{g:,.0f}'} |"
-              for n, o, t, q, g in rows]
+    table += [
+        f"| {n} | {o:,.0f} | {t:,.0f} | {q:.2f}x | {'-' if g is None else f'{g:,.0f}'} |" for n, o, t, q, g in rows
+    ]
     out = "\n".join(table + [""] + lines)
     print(out)
     if not args.no_write:
         date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         note = f" **{args.note}**" if args.note else ""
-        write_results(f"## Two-view augmentation throughput (`benchmarks/augment.py`)\n\n"
-                      f"{date}, `--seconds {args.seconds:g} --rounds {args.rounds}`.{note}\nMachine: {machine()}.\n"
-                      f"Images/s counts source images; each yields two views.\n\n{out}\n")
+        write_results(
+            f"## Two-view augmentation throughput (`benchmarks/augment.py`)\n\n"
+            f"{date}, `--seconds {args.seconds:g} --rounds {args.rounds}`.{note}\nMachine: {machine()}.\n"
+            f"Images/s counts source images; each yields two views.\n\n{out}\n"
+        )
         print(f"\nwrote {RESULTS}")
 
 

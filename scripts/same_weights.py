@@ -34,9 +34,29 @@ WORKTREE = "WORKTREE"
 
 # Tiny, fast, and every path of the loop: each method, the Sec. 5.2 experiments, asym. 2x,
 # multi-crop, warm-up with a per-step cosine, a fixed predictor, and an interrupted run resumed.
-SMALL = ["--epochs", "2", "--subset", "640", "--batch-size", "32", "--width", "0.125", "--dim", "64",
-         "--pred-dim", "16", "--proj-hidden", "64", "--prototypes", "20", "--knn-every", "1", "--no-report",
-         "--seed", "3"]
+SMALL = [
+    "--epochs",
+    "2",
+    "--subset",
+    "640",
+    "--batch-size",
+    "32",
+    "--width",
+    "0.125",
+    "--dim",
+    "64",
+    "--pred-dim",
+    "16",
+    "--proj-hidden",
+    "64",
+    "--prototypes",
+    "20",
+    "--knn-every",
+    "1",
+    "--no-report",
+    "--seed",
+    "3",
+]
 SUITE: dict[str, list[list[str]]] = {
     "simsiam": [["train", *SMALL]],
     "simclr": [["train", *SMALL, "--method", "simclr"]],
@@ -47,11 +67,14 @@ SUITE: dict[str, list[list[str]]] = {
     "alternation-epoch": [["train", *SMALL, "--alternation", "epoch"]],
     "target-memory": [["train", *SMALL, "--target-memory", "--no-predictor"]],
     "asym2x": [["train", *SMALL, "--symmetry", "asym2x"]],
-    "warmup-step-fixed-pred": [["train", *SMALL, "--epochs", "3", "--warmup-epochs", "1", "--schedule", "step",
-                                "--fixed-predictor"]],
+    "warmup-step-fixed-pred": [
+        ["train", *SMALL, "--epochs", "3", "--warmup-epochs", "1", "--schedule", "step", "--fixed-predictor"]
+    ],
     "no-stop-gradient-concat": [["train", *SMALL, "--no-stop-gradient", "--concat-views"]],
-    "resume-memory": [["train", *SMALL, "--epochs", "1", "--target-memory", "--no-predictor"],
-                      ["train", "--resume", "--epochs", "2"]],
+    "resume-memory": [
+        ["train", *SMALL, "--epochs", "1", "--target-memory", "--no-predictor"],
+        ["train", "--resume", "--epochs", "2"],
+    ],
 }
 METRIC_KEYS = ("epoch", "loss", "z_std", "z_std_healthy", "lr", "lr_groups", "knn_top1")
 
@@ -59,8 +82,11 @@ METRIC_KEYS = ("epoch", "loss", "z_std", "z_std_healthy", "lr", "lr_groups", "kn
 def checkout(rev: str, into: Path) -> Path:
     if rev == WORKTREE:
         return ROOT
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(into), rev],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(into), rev],
+        check=True,
+        capture_output=True,
+    )
     return into
 
 
@@ -82,8 +108,12 @@ def tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     out = {f"model.{k}": v for k, v in ckpt["model"].items()}
     opt = ckpt["optimizer"]["state"]
     out.update({f"optimizer.{i}.{k}": v for i, s in opt.items() for k, v in s.items() if torch.is_tensor(v)})
-    out.update({f"backbone.pt.{k}": v for k, v in
-                torch.load(run_dir / "backbone.pt", map_location="cpu", weights_only=True).items()})
+    out.update(
+        {
+            f"backbone.pt.{k}": v
+            for k, v in torch.load(run_dir / "backbone.pt", map_location="cpu", weights_only=True).items()
+        }
+    )
     if ckpt.get("memory"):
         out.update({f"memory.{k}": v for k, v in ckpt["memory"].items()})
     return out
@@ -96,7 +126,9 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def differences(a: Path, b: Path) -> list[str]:
     ta, tb = tensors(a), tensors(b)
-    diffs = [f"only in base: {k}" for k in ta.keys() - tb.keys()] + [f"only in head: {k}" for k in tb.keys() - ta.keys()]
+    diffs = [f"only in base: {k}" for k in ta.keys() - tb.keys()] + [
+        f"only in head: {k}" for k in tb.keys() - ta.keys()
+    ]
     for k in sorted(ta.keys() & tb.keys()):
         if ta[k].dtype != tb[k].dtype or ta[k].shape != tb[k].shape or not torch.equal(ta[k], tb[k]):
             diffs.append(f"tensor differs: {k}")
@@ -109,8 +141,9 @@ def differences(a: Path, b: Path) -> list[str]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--base", required=True, help="git revision of the reference code")
     p.add_argument("--head", default=WORKTREE, help=f"git revision to check (default {WORKTREE}: this checkout)")
     p.add_argument("--suite", action="store_true", help="the standard runs (see SUITE in this file)")
@@ -126,15 +159,18 @@ def main() -> int:
     runs = {k: v for k, v in SUITE.items() if not args.only or k in args.only} if args.suite else {"command": [command]}
 
     work = Path(tempfile.mkdtemp(prefix="same-weights-"))
-    base_sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", args.base], check=True, capture_output=True,
-                              text=True).stdout.strip()
+    base_sha = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", args.base], check=True, capture_output=True, text=True
+    ).stdout.strip()
     trees = {}
     failed = []
     try:
         trees["base"] = checkout(base_sha, work / "base-tree")
         trees["head"] = checkout(args.head, work / "head-tree")
-        print(f"base {args.base} ({base_sha[:10]}) vs head {args.head}; torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"base {args.base} ({base_sha[:10]}) vs head {args.head}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads"
+        )
         for name, commands in runs.items():
             key = hashlib.sha256(json.dumps([base_sha, commands]).encode()).hexdigest()[:12]
             base_dir = (args.cache or work / "base-runs") / f"{name}-{key}"
@@ -157,7 +193,9 @@ def main() -> int:
     finally:
         for tree in trees.values():
             if tree != ROOT:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True
+                )
         shutil.rmtree(work, ignore_errors=True)
     print(f"{len(runs) - len(failed)} of {len(runs)} runs bit-identical" + (f"; different: {failed}" if failed else ""))
     return 1 if failed else 0

@@ -18,8 +18,18 @@ from simsiam.eta import TargetMemory, block_length
 from simsiam.methods.simsiam import cross_entropy_similarity, negative_cosine, prediction_mlp, projection_mlp
 from simsiam.reproduce import GROUPS, configs, run_group
 
-TINY = dict(width=0.125, dim=64, pred_dim=16, proj_hidden=64, knn_every=0, knn_random_init=False, report=False,
-            subset=256, batch_size=64, epochs=1)
+TINY = dict(
+    width=0.125,
+    dim=64,
+    pred_dim=16,
+    proj_hidden=64,
+    knn_every=0,
+    knn_random_init=False,
+    report=False,
+    subset=256,
+    batch_size=64,
+    epochs=1,
+)
 
 
 def _kinds(seq: nn.Sequential) -> list[str]:
@@ -84,11 +94,20 @@ def test_block_length():
     assert block_length("100", 11) == 11 and block_length("epoch", 11) == 11
 
 
-@pytest.mark.parametrize("bad", [
-    {"alternation": "0"}, {"alternation": "often"}, {"head_bn": "some"}, {"similarity": "dot"},
-    {"symmetry": "asym3x"}, {"memory_momentum": 1.0}, {"warmup_epochs": 100, "epochs": 100},
-    {"alternation": "10", "target_memory": True}, {"alternation": "10", "symmetry": "asym2x"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"alternation": "0"},
+        {"alternation": "often"},
+        {"head_bn": "some"},
+        {"similarity": "dot"},
+        {"symmetry": "asym3x"},
+        {"memory_momentum": 1.0},
+        {"warmup_epochs": 100, "epochs": 100},
+        {"alternation": "10", "target_memory": True},
+        {"alternation": "10", "symmetry": "asym2x"},
+    ],
+)
 def test_bad_ablation_options_fail(bad):
     with pytest.raises(ConfigError):
         Config(**bad)
@@ -121,10 +140,14 @@ def test_fixed_predictor_never_moves_and_memory_run_resumes(tmp_path):
     fresh = {f"predictor.{k}": v for k, v in build_model(cfg).predictor.state_dict().items()}
     trained = _params(tmp_path / "fixed", "predictor.")
     assert trained and all(torch.equal(trained[k], fresh[k]) for k in trained)
-    assert not torch.equal(_params(tmp_path / "fixed", "encoder.")["encoder.1.0.weight"],
-                           build_model(cfg).state_dict()["encoder.1.0.weight"])
+    assert not torch.equal(
+        _params(tmp_path / "fixed", "encoder.")["encoder.1.0.weight"],
+        build_model(cfg).state_dict()["encoder.1.0.weight"],
+    )
 
-    mem = from_preset("digits", run_dir=str(tmp_path / "mem"), predictor=False, target_memory=True, **{**TINY, "epochs": 2})
+    mem = from_preset(
+        "digits", run_dir=str(tmp_path / "mem"), predictor=False, target_memory=True, **{**TINY, "epochs": 2}
+    )
     full = train(mem)
     state = torch.load(tmp_path / "mem" / "checkpoint.pt", weights_only=False)
     assert state["memory"]["eta"].shape == (256, 64)
@@ -160,7 +183,10 @@ def test_reproduce_runs_end_to_end_and_reuses_finished_variants(tmp_path, capsys
     assert {"table.md", "results.json", "z_std.png"} <= {p.name for p in root.iterdir()}
     table = (root / "table.md").read_text()
     assert "| with stop-gradient |" in table and "| 67.7 |" in table and "paper's claim" in table
-    assert [c["claim"] for c in res["checks"]][:2] == ["with stop-gradient: no collapse", "without stop-gradient: collapse"]
+    assert [c["claim"] for c in res["checks"]][:2] == [
+        "with stop-gradient: no collapse",
+        "without stop-gradient: collapse",
+    ]
     mtime = (root / "with-stop-gradient" / "summary.json").stat().st_mtime
     # through the CLI: the predictor group reuses the default SimSiam run instead of training it again
     sets = [a for k, v in tiny.items() for a in ["--set", f"{k}={json.dumps(v)}"]]

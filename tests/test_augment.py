@@ -60,8 +60,11 @@ def test_crop_boxes_follow_torchvision_rule():
     # Compare the distribution with torchvision's own sampler.
     torch.manual_seed(0)
     from torchvision.transforms import RandomResizedCrop
-    ref = torch.tensor([RandomResizedCrop.get_params(torch.zeros(3, 32, 40), list(scale), list(ratio))
-                        for _ in range(20000)], dtype=torch.float32)  # i, j, h, w
+
+    ref = torch.tensor(
+        [RandomResizedCrop.get_params(torch.zeros(3, 32, 40), list(scale), list(ratio)) for _ in range(20000)],
+        dtype=torch.float32,
+    )  # i, j, h, w
     ref_area = ref[:, 2] * ref[:, 3] / (32 * 40)
     assert abs(area.mean() - ref_area.mean()) < 0.01
     assert abs((w / h).log().mean() - (ref[:, 3] / ref[:, 2]).log().mean()) < 0.01
@@ -84,10 +87,15 @@ def test_resized_crop_matches_torchvision_when_upscaling():
     torch.testing.assert_close(ours[:, 1:-1, 1:-1], ref[:, 1:-1, 1:-1], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("op,tv", [
-    (A._brightness, TF.adjust_brightness), (A._contrast, TF.adjust_contrast),
-    (A._saturation, TF.adjust_saturation), (A._hue, TF.adjust_hue),
-])
+@pytest.mark.parametrize(
+    "op,tv",
+    [
+        (A._brightness, TF.adjust_brightness),
+        (A._contrast, TF.adjust_contrast),
+        (A._saturation, TF.adjust_saturation),
+        (A._hue, TF.adjust_hue),
+    ],
+)
 def test_colour_ops_match_torchvision(op, tv):
     x = images(4, 16).float() / 255
     factors = [0.3, 0.7, 1.2, 1.4] if tv is not TF.adjust_hue else [-0.1, -0.03, 0.05, 0.1]
@@ -106,16 +114,27 @@ def test_jitter_draws_a_random_order_per_sample():
 
 
 def test_grayscale_and_flip_rates():
-    aug = Augment(16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_p=0, blur_p=0, gray_p=0.2, hflip=0.5,
-                  mean=(0, 0, 0), std=(1, 1, 1))
+    aug = Augment(
+        16,
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        jitter_p=0,
+        blur_p=0,
+        gray_p=0.2,
+        hflip=0.5,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+    )
     x = images(4000, 16)
     out = aug(x, torch.Generator().manual_seed(0))
     is_gray = (out[:, 0] - out[:, 1]).abs().amax(dim=(1, 2)) < 1e-6
     assert abs(is_gray.float().mean() - 0.2) < 0.03
     base = x.float() / 255
     gray = A.grayscale(base).expand_as(base)
-    flipped = [torch.allclose(o, b.flip(-1), atol=1e-5) or torch.allclose(o, gb.flip(-1), atol=1e-5)
-               for o, b, gb in zip(out[:1000], base[:1000], gray[:1000])]
+    flipped = [
+        torch.allclose(o, b.flip(-1), atol=1e-5) or torch.allclose(o, gb.flip(-1), atol=1e-5)
+        for o, b, gb in zip(out[:1000], base[:1000], gray[:1000])
+    ]
     assert abs(sum(flipped) / 1000 - 0.5) < 0.06
 
 
@@ -130,8 +149,17 @@ def test_blur_smooths_and_preserves_mean():
 
 
 def test_no_blur_for_32px_recipe():
-    aug = Augment(32, blur_p=0.0, jitter_p=0, gray_p=0, hflip=0, crop_scale=(1, 1), crop_ratio=(1, 1),
-                  mean=(0, 0, 0), std=(1, 1, 1))
+    aug = Augment(
+        32,
+        blur_p=0.0,
+        jitter_p=0,
+        gray_p=0,
+        hflip=0,
+        crop_scale=(1, 1),
+        crop_ratio=(1, 1),
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+    )
     x = images(2, 32)
     torch.testing.assert_close(aug(x, torch.Generator().manual_seed(0)), x.float() / 255, atol=1e-6, rtol=0)
 
@@ -141,11 +169,25 @@ def test_hue_shift_zero_is_identity_and_grey_and_pure_colours_match_torchvision(
     torch.testing.assert_close(A._hue(x, torch.zeros(3, 1, 1, 1)), x, atol=1e-5, rtol=0)
     assert math.isclose(A._GRAY[0] + A._GRAY[1] + A._GRAY[2], 1.0, abs_tol=1e-3)
     # grey pixels, black, white, pure and two-channel-equal colours (ties in the max)
-    px = torch.tensor([[0.5, 0.5, 0.5], [0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0],
-                       [0, 1, 1], [1, 0, 1], [0.2, 0.7, 0.7], [0.9, 0.9, 0.1], [0.3, 0.1, 0.3]])
+    px = torch.tensor(
+        [
+            [0.5, 0.5, 0.5],
+            [0, 0, 0],
+            [1, 1, 1],
+            [1, 0, 0],
+            [0, 1, 0],
+            [0, 0, 1],
+            [1, 1, 0],
+            [0, 1, 1],
+            [1, 0, 1],
+            [0.2, 0.7, 0.7],
+            [0.9, 0.9, 0.1],
+            [0.3, 0.1, 0.3],
+        ]
+    )
     img = px.T.reshape(1, 3, 3, 4).expand(4, -1, -1, -1)
     for i, f in enumerate([-0.5, -0.17, 0.25, 0.5]):
-        got = A._hue(img[i:i + 1], torch.tensor([f]).view(-1, 1, 1, 1))[0]
+        got = A._hue(img[i : i + 1], torch.tensor([f]).view(-1, 1, 1, 1))[0]
         torch.testing.assert_close(got, TF.adjust_hue(img[i], f), atol=2e-5, rtol=0)
 
 
@@ -170,8 +212,18 @@ def test_crops_no_larger_than_the_output_take_grid_sample_equal_to_roi_align():
 
 
 def test_solarize_matches_torchvision():
-    aug = Augment(16, crop_scale=(1, 1), crop_ratio=(1, 1), hflip=0, jitter_p=0, gray_p=0, blur_p=0, solarize_p=1.0,
-                  mean=(0, 0, 0), std=(1, 1, 1))
+    aug = Augment(
+        16,
+        crop_scale=(1, 1),
+        crop_ratio=(1, 1),
+        hflip=0,
+        jitter_p=0,
+        gray_p=0,
+        blur_p=0,
+        solarize_p=1.0,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+    )
     x = images(3, 16)
     ref = torch.stack([TF.solarize(img.float() / 255, 0.5) for img in x])
     torch.testing.assert_close(aug(x, torch.Generator().manual_seed(0)), ref, atol=1e-6, rtol=0)
@@ -190,8 +242,19 @@ def test_two_views_default_draw_order_is_unchanged():
 def test_second_view_probabilities():
     """BYOL: blur 1.0 / 0.1, solarize 0.0 / 0.2; the second view alone takes blur_p2 / solarize_p2."""
     x, g = images(64, seed=1), torch.Generator().manual_seed(0)
-    aug = Augment(32, jitter_p=0, gray_p=0, hflip=0, crop_scale=(1, 1), crop_ratio=(1, 1), blur_p=1.0, blur_p2=0.0,
-                  blur_sigma=(1.5, 1.5), solarize_p=0.0, solarize_p2=1.0)
+    aug = Augment(
+        32,
+        jitter_p=0,
+        gray_p=0,
+        hflip=0,
+        crop_scale=(1, 1),
+        crop_ratio=(1, 1),
+        blur_p=1.0,
+        blur_p2=0.0,
+        blur_sigma=(1.5, 1.5),
+        solarize_p=0.0,
+        solarize_p2=1.0,
+    )
     v1, v2 = aug.two_views(x, g)
     plain = A.normalize(x.float() / 255, aug.mean, aug.std)
     solarized = A.normalize(torch.where(x >= 128, 255 - x, x).float() / 255, aug.mean, aug.std)

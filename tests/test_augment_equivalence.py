@@ -63,8 +63,19 @@ def ours(images: torch.Tensor, n: int, seed: int, **params) -> tuple[torch.Tenso
     return images[idx].float() / 255, out
 
 
-def torchvision_pipeline(size, crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip=0.0, jitter=(0.4, 0.4, 0.4, 0.1),
-                         jitter_p=0.0, gray_p=0.0, blur_p=0.0, blur_kernel=None, blur_sigma=(0.1, 2.0), crop=True):
+def torchvision_pipeline(
+    size,
+    crop_scale=(0.2, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    hflip=0.0,
+    jitter=(0.4, 0.4, 0.4, 0.1),
+    jitter_p=0.0,
+    gray_p=0.0,
+    blur_p=0.0,
+    blur_kernel=None,
+    blur_sigma=(0.1, 2.0),
+    crop=True,
+):
     """The official recipe as torchvision transforms; stages with probability 0 are left out."""
     stages = [T.RandomResizedCrop(size, scale=crop_scale, ratio=crop_ratio, antialias=True)] if crop else []
     if jitter_p:
@@ -118,8 +129,9 @@ def compare(name: str, a: torch.Tensor, b: torch.Tensor, k: float = K) -> list[s
         tol = k * math.sqrt(q * (1 - q) * (1 / na + 1 / nb))
         if not lo - tol <= q <= hi + tol:
             b_lo, b_hi = _cdf(b, t)
-            bad.append(f"{name}: q{q:g} = {t:.4f}: share below {lo:.3f}..{hi:.3f} vs {b_lo:.3f}..{b_hi:.3f} "
-                       f"(tol {tol:.3f})")
+            bad.append(
+                f"{name}: q{q:g} = {t:.4f}: share below {lo:.3f}..{hi:.3f} vs {b_lo:.3f}..{b_hi:.3f} (tol {tol:.3f})"
+            )
     return bad
 
 
@@ -161,7 +173,7 @@ def recover_boxes(out: torch.Tensor) -> torch.Tensor:
     pc = p - p.mean()
 
     def fit(values):  # (n, s) -> start, length
-        values = values[:, 2:s - 2]
+        values = values[:, 2 : s - 2]
         slope = (values - values.mean(dim=1, keepdim=True)) @ pc / (pc @ pc)
         return values.mean(dim=1) - slope * p.mean() + 0.5, slope
 
@@ -184,8 +196,10 @@ def test_crop_geometry_distribution(case):
     c = dict(CROP_CASES[case])
     height, width = c.pop("height"), c.pop("width")
     img = ramp(height, width)
-    boxes = {"ours": recover_boxes(ours(img, N_OURS, 0, **c)[1]),
-             "torchvision": recover_boxes(reference(img, N_REF, 0, **c)[1])}
+    boxes = {
+        "ours": recover_boxes(ours(img, N_OURS, 0, **c)[1]),
+        "torchvision": recover_boxes(reference(img, N_REF, 0, **c)[1]),
+    }
     for who, b in boxes.items():
         # integer pixel boxes inside the image, recovered (nearly) exactly: a half-pixel shift in
         # the resize or a box outside the image (e.g. a missing fallback) fails here already
@@ -249,6 +263,7 @@ def jitter_stats(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     C by s. So L'/L, (G'/G) / (L'/L) and (C'/C) / (G'/G) estimate b, c and s whatever the order
     (up to clipping at 0 and 1, which both pipelines share). Hue rotation keeps saturation: its
     factor is the circular mean of the per-pixel hue change, weighted by saturation."""
+
     def lcg(img):
         lum = TF.rgb_to_grayscale(img)
         chroma = (img - lum).norm(dim=1).mean(dim=(1, 2))

@@ -6,10 +6,16 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from simsiam.backbones import build_backbone
 
 
-@pytest.mark.parametrize("arch,width,cifar,dim", [
-    ("resnet18", 1.0, True, 512), ("resnet18", 0.25, True, 128), ("resnet34", 0.5, False, 256),
-    ("resnet50", 0.25, False, 512), ("resnet50", 1.0, False, 2048),
-])
+@pytest.mark.parametrize(
+    "arch,width,cifar,dim",
+    [
+        ("resnet18", 1.0, True, 512),
+        ("resnet18", 0.25, True, 128),
+        ("resnet34", 0.5, False, 256),
+        ("resnet50", 0.25, False, 512),
+        ("resnet50", 1.0, False, 2048),
+    ],
+)
 def test_shapes_and_feature_dim(arch, width, cifar, dim):
     net, feature_dim = build_backbone(arch, cifar_stem=cifar, width=width)
     assert feature_dim == dim

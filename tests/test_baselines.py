@@ -22,8 +22,19 @@ from simsiam.methods.swav import SwAV, sinkhorn
 train_mod = importlib.import_module("simsiam.train")  # the package re-exports the function `train`
 
 # Digits through the real loop: 64 images, batch 32 (2 steps an epoch), narrow ResNet, small heads.
-TINY = dict(width=0.125, dim=64, pred_dim=16, proj_hidden=64, knn_every=0, knn_random_init=False, report=False,
-            subset=64, batch_size=32, epochs=1, prototypes=32)
+TINY = dict(
+    width=0.125,
+    dim=64,
+    pred_dim=16,
+    proj_hidden=64,
+    knn_every=0,
+    knn_random_init=False,
+    report=False,
+    subset=64,
+    batch_size=32,
+    epochs=1,
+    prototypes=32,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +61,7 @@ def _heads(cls, **kw):
 
 
 # --- SimCLR
+
 
 def _nt_xent_brute(a1, a2, c1, c2, t):
     """SimCLR Eq. 1 with a loop: l(i) = -log exp(s(i, pos)/t) / sum_{k != i} exp(s(i, k)/t) over the
@@ -88,6 +100,7 @@ def test_simclr_hubs_stop_gradient_blocks_exactly_the_target_path():
 
 # --- BYOL
 
+
 def test_byol_target_gets_no_gradient_and_follows_the_ema():
     model = _heads(BYOL, pred_dim=4, tau_base=0.9)
     assert all(torch.equal(t, o) for t, o in zip(model.target.parameters(), model.encoder.parameters()))
@@ -110,6 +123,7 @@ def test_byol_target_gets_no_gradient_and_follows_the_ema():
 
 # --- SwAV
 
+
 def _sinkhorn_numpy(scores, iters, eps):
     """The official algorithm written out in float64: Q = exp(S/eps)^T (K x B), total mass 1, then
     alternately every prototype (row) to mass 1/K and every sample (column) to 1/B; return B Q^T."""
@@ -131,8 +145,9 @@ def test_sinkhorn_values_and_marginals():
     torch.testing.assert_close(q.sum(dim=1), torch.ones(64))
     plain = F.softmax(scores / 0.05, dim=1).sum(dim=0)  # the same codes without equipartition
     assert q.sum(dim=0).std() < 0.75 * plain.std()
-    torch.testing.assert_close(sinkhorn(scores, iters=50, eps=0.05).sum(dim=0), torch.full((16,), 4.0), rtol=1e-3,
-                               atol=1e-3)
+    torch.testing.assert_close(
+        sinkhorn(scores, iters=50, eps=0.05).sum(dim=0), torch.full((16,), 4.0), rtol=1e-3, atol=1e-3
+    )
 
 
 def test_swav_codes_carry_no_gradient_unless_asked_and_prototypes_are_normalised():
@@ -142,7 +157,7 @@ def test_swav_codes_carry_no_gradient_unless_asked_and_prototypes_are_normalised
         with torch.no_grad():
             model.prototypes.weight.mul_(3.0)
         seen, real = [], model.codes
-        model.codes = lambda s: seen.append(real(s)) or seen[-1]
+        model.codes = lambda s, seen=seen, real=real: seen.append(real(s)) or seen[-1]
         model(x1, x2)["loss"].backward()
         assert len(seen) == 2 and all(q.requires_grad != sg for q in seen)
         torch.testing.assert_close(model.prototypes.weight.detach().norm(dim=1), torch.ones(5))
@@ -181,6 +196,7 @@ def test_swav_prototypes_frozen_by_the_hook(tmp_path):
 
 
 # --- all three
+
 
 @pytest.mark.parametrize("method", ["simclr", "byol", "swav"])
 def test_loss_decreases_on_a_fixed_batch(method):
@@ -252,29 +268,32 @@ def test_method_defaults_and_bad_options():
     byol = from_preset("digits", method="byol")
     assert byol.solarize_p2 == pytest.approx(0.2) and byol.jitter[2] == pytest.approx(0.2)
     assert byol.blur_p == 0.0 and byol.blur_p2 is None  # 32 px presets keep no blur
-    for bad, match in [(dict(method="simclr", small_crops=2), "small-crops"),
-                       (dict(method="swav", small_crops=2, image_size=32, small_crop_size=32), "small-crop-size"),
-                       (dict(method="swav", head_bn="none"), "SimSiam ablation"),
-                       (dict(method="simclr", symmetry="asym"), "SimSiam ablation"),
-                       (dict(method="byol", stop_gradient=False), "moving average"),
-                       (dict(method="moco"), "method")]:
+    for bad, match in [
+        (dict(method="simclr", small_crops=2), "small-crops"),
+        (dict(method="swav", small_crops=2, image_size=32, small_crop_size=32), "small-crop-size"),
+        (dict(method="swav", head_bn="none"), "SimSiam ablation"),
+        (dict(method="simclr", symmetry="asym"), "SimSiam ablation"),
+        (dict(method="byol", stop_gradient=False), "moving average"),
+        (dict(method="moco"), "method"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             Config(**bad)
 
 
 # --- DDP: two gloo processes == one process with the whole batch
 
+
 def _ddp_worker(rank, world, init, z1, z2, scores, out):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     n = z1.shape[0] // world
-    a = z1[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-    b = z2[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    a = z1[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+    b = z2[rank * n : (rank + 1) * n].clone().requires_grad_(True)
     loss = nt_xent(a, b, a, b, 0.3)
     loss.backward()
     (g_sg,) = torch.autograd.grad(nt_xent(a, b, a.detach(), b.detach(), 0.3), a)  # the hub's stop-gradient
-    q = sinkhorn(scores[rank * n:(rank + 1) * n], 3, 0.05)
+    q = sinkhorn(scores[rank * n : (rank + 1) * n], 3, 0.05)
     torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad, "g_sg": g_sg, "q": q}, f"{out}/{rank}.pt")
     dist.destroy_process_group()
 

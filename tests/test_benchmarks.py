@@ -8,8 +8,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_augment_benchmark_runs_and_prints_the_ratio(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "augment.py"), "--seconds", "0.2", "--rounds", "1",
-                          "--sizes", "32", "--no-write"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "augment.py"),
+            "--seconds",
+            "0.2",
+            "--rounds",
+            "1",
+            "--sizes",
+            "32",
+            "--no-write",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     row = next(line for line in out.stdout.splitlines() if line.startswith("| 32 px -> 32 px |"))
     ours, tv, ratio = (c.strip() for c in row.split("|")[2:5])

@@ -29,7 +29,17 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     from simsiam import from_preset, train
 
-    cfg = from_preset("digits", width=0.125, subset=128, batch_size=32, epochs=2, lr=1e30, log_every=1,
-                      knn_random_init=False, report=False, run_dir=str(tmp_path / "run"))
+    cfg = from_preset(
+        "digits",
+        width=0.125,
+        subset=128,
+        batch_size=32,
+        epochs=2,
+        lr=1e30,
+        log_every=1,
+        knn_random_init=False,
+        report=False,
+        run_dir=str(tmp_path / "run"),
+    )
     with pytest.raises(TrainingError, match=r"loss is nan.*lower --lr"):
         train(cfg)

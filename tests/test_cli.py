@@ -12,8 +12,9 @@ from conftest import make_folder
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "simsiam", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "simsiam", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def assert_one_line_error(res, *needles):
@@ -25,16 +26,19 @@ def assert_one_line_error(res, *needles):
         assert n in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["--dataset", "folder", "--data-dir", "/nonexistent/images"], ["/nonexistent/images", "does not exist"]),
-    (["--batch-size", "0"], ["--batch-size", "positive"]),
-    (["--batch-size", "-4"], ["--batch-size", "positive"]),
-    (["--lr", "nan"], ["--lr"]),
-    (["--preset", "nope"], ["unknown preset", "cifar10"]),
-    (["--arch", "vgg"], ["--arch", "resnet18"]),
-    (["--dataset", "folder"], ["--data-dir"]),
-    (["--resume", "--run-dir", "/nonexistent/run"], ["config.json"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--dataset", "folder", "--data-dir", "/nonexistent/images"], ["/nonexistent/images", "does not exist"]),
+        (["--batch-size", "0"], ["--batch-size", "positive"]),
+        (["--batch-size", "-4"], ["--batch-size", "positive"]),
+        (["--lr", "nan"], ["--lr"]),
+        (["--preset", "nope"], ["unknown preset", "cifar10"]),
+        (["--arch", "vgg"], ["--arch", "resnet18"]),
+        (["--dataset", "folder"], ["--data-dir"]),
+        (["--resume", "--run-dir", "/nonexistent/run"], ["config.json"]),
+    ],
+)
 def test_bad_options_are_one_line_errors(args, needles, tmp_path):
     assert_one_line_error(run_cli("train", *args, cwd=tmp_path), *needles)
     assert not (tmp_path / "runs").exists()  # a failed start leaves no empty run directory
@@ -49,13 +53,27 @@ def test_empty_data_dir(tmp_path):
 
 def test_help_documents_the_fixed_options():
     out = run_cli("train", "--help").stdout
-    for flag in ["--run-dir", "--epochs", "--batch-size", "--lr", "--width", "--subset", "--seed",
-                 "--no-stop-gradient", "--no-predictor", "--resume", "--preset", "--data-dir"]:
+    for flag in [
+        "--run-dir",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--width",
+        "--subset",
+        "--seed",
+        "--no-stop-gradient",
+        "--no-predictor",
+        "--resume",
+        "--preset",
+        "--data-dir",
+    ]:
         assert flag in out, flag
 
 
-@pytest.mark.parametrize("command", [["train"], ["eval", "knn"], ["eval", "linear"], ["export"], ["embed"],
-                                     ["report"], ["reproduce"], ["compare"]])
+@pytest.mark.parametrize(
+    "command",
+    [["train"], ["eval", "knn"], ["eval", "linear"], ["export"], ["embed"], ["report"], ["reproduce"], ["compare"]],
+)
 def test_every_help_renders(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--help"])
@@ -64,17 +82,28 @@ def test_every_help_renders(command, capsys):
 
 def test_short_default_run_writes_summary_and_files(tmp_path):
     run_dir = tmp_path / "run"
-    res = run_cli("train", "--epochs", "1", "--subset", "256", "--batch-size", "64", "--width", "0.125",
-                  "--run-dir", str(run_dir))
+    res = run_cli(
+        "train", "--epochs", "1", "--subset", "256", "--batch-size", "64", "--width", "0.125", "--run-dir", str(run_dir)
+    )
     assert res.returncode == 0, res.stderr
     assert "random init" in res.stdout and "z-std" in res.stdout
     s = json.loads((run_dir / "summary.json").read_text())
-    for key in ["method", "dataset", "epochs", "train_seconds", "images_per_second", "knn_top1",
-                "knn_top1_random_init", "z_std", "z_std_healthy", "collapsed"]:
+    for key in [
+        "method",
+        "dataset",
+        "epochs",
+        "train_seconds",
+        "images_per_second",
+        "knn_top1",
+        "knn_top1_random_init",
+        "z_std",
+        "z_std_healthy",
+        "collapsed",
+    ]:
         assert key in s, key
     assert s["method"] == "simsiam" and s["dataset"] == "digits" and s["epochs"] == 1
     assert 0 <= s["knn_top1"] <= 1 and 0 <= s["knn_top1_random_init"] <= 1
-    assert s["z_std_healthy"] == pytest.approx(2048 ** -0.5)
+    assert s["z_std_healthy"] == pytest.approx(2048**-0.5)
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["width"] == 0.125 and cfg["subset"] == 256 and cfg["preset"] == "digits"
     metrics = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -91,9 +120,28 @@ def test_data_dir_alone_trains_on_a_folder_and_skips_bad_files(tmp_path):
     (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (data / "blue" / "empty.png").write_bytes(b"")
     run_dir = tmp_path / "run"
-    res = run_cli("train", "--data-dir", str(data), "--image-size", "16", "--width", "0.125", "--epochs", "1",
-                  "--batch-size", "16", "--dim", "64", "--pred-dim", "16", "--proj-hidden", "64", "--no-report",
-                  "--run-dir", str(run_dir))
+    res = run_cli(
+        "train",
+        "--data-dir",
+        str(data),
+        "--image-size",
+        "16",
+        "--width",
+        "0.125",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--dim",
+        "64",
+        "--pred-dim",
+        "16",
+        "--proj-hidden",
+        "64",
+        "--no-report",
+        "--run-dir",
+        str(run_dir),
+    )
     assert res.returncode == 0, res.stderr
     assert "skipped 2 unreadable image file(s)" in res.stderr and "broken.jpg" in res.stderr
     s = json.loads((run_dir / "summary.json").read_text())
@@ -105,9 +153,28 @@ def test_flat_folder_trains_without_labels_and_eval_says_it_needs_them(tmp_path)
     make_folder(tmp_path / "x")
     flat = tmp_path / "x" / "red"  # 24 images, no class sub-folders
     run_dir = tmp_path / "run"
-    res = run_cli("train", "--data-dir", str(flat), "--image-size", "16", "--width", "0.125", "--epochs", "1",
-                  "--batch-size", "8", "--dim", "32", "--pred-dim", "8", "--proj-hidden", "32", "--no-report",
-                  "--run-dir", str(run_dir))
+    res = run_cli(
+        "train",
+        "--data-dir",
+        str(flat),
+        "--image-size",
+        "16",
+        "--width",
+        "0.125",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--dim",
+        "32",
+        "--pred-dim",
+        "8",
+        "--proj-hidden",
+        "32",
+        "--no-report",
+        "--run-dir",
+        str(run_dir),
+    )
     assert res.returncode == 0, res.stderr
     assert "kNN monitoring is off" in res.stdout
     s = json.loads((run_dir / "summary.json").read_text())

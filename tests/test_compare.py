@@ -8,8 +8,17 @@ from simsiam.cli import main
 from simsiam.compare import compare, method_config
 from simsiam.methods import METHODS
 
-TINY = dict(width=0.125, dim=64, pred_dim=16, proj_hidden=64, knn_random_init=False, subset=256, batch_size=64,
-            epochs=2, prototypes=32)
+TINY = dict(
+    width=0.125,
+    dim=64,
+    pred_dim=16,
+    proj_hidden=64,
+    knn_random_init=False,
+    subset=256,
+    batch_size=64,
+    epochs=2,
+    prototypes=32,
+)
 
 
 def test_same_budget_and_augmentation_unless_asked():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from simsiam.config import PRESETS, Config, ConfigError, from_preset
-from simsiam.train import build_optimizer, cosine_lr, lr_at, set_lr
 from simsiam.methods.simsiam import SimSiam
+from simsiam.train import build_optimizer, cosine_lr, lr_at, set_lr
 
 
 def test_paper_defaults():
@@ -21,8 +21,16 @@ def test_paper_defaults():
 
 def test_cifar_preset_is_the_paper_recipe():
     c = from_preset("cifar10", data_dir="x")
-    assert (c.arch, c.cifar_stem, c.proj_layers, c.lr, c.weight_decay, c.batch_size, c.epochs, c.blur_p) == \
-        ("resnet18", True, 2, 0.03, 5e-4, 512, 800, 0.0)
+    assert (c.arch, c.cifar_stem, c.proj_layers, c.lr, c.weight_decay, c.batch_size, c.epochs, c.blur_p) == (
+        "resnet18",
+        True,
+        2,
+        0.03,
+        5e-4,
+        512,
+        800,
+        0.0,
+    )
     assert c.image_size == 32 and c.width == 1.0
 
 
@@ -39,10 +47,18 @@ def test_every_preset_is_valid():
         from_preset("digits", data_dir="photos")  # a data dir that would be silently ignored
 
 
-@pytest.mark.parametrize("bad", [
-    {"batch_size": 0}, {"lr": -1.0}, {"gray_p": 1.5}, {"schedule": "linear"}, {"proj_layers": 4},
-    {"crop_scale": (0.5, 0.2)}, {"load_size": 200},  # stored below the 224 px crop
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"batch_size": 0},
+        {"lr": -1.0},
+        {"gray_p": 1.5},
+        {"schedule": "linear"},
+        {"proj_layers": 4},
+        {"crop_scale": (0.5, 0.2)},
+        {"load_size": 200},  # stored below the 224 px crop
+    ],
+)
 def test_bad_values_fail(bad):
     with pytest.raises(ConfigError):
         Config(**bad)

@@ -42,8 +42,11 @@ def write_cifar10(root, n_train=20, n_test=10, seed=0):
         train_list.append([name, md5(folder / name)])
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    patches = {"train_list": train_list[:5], "test_list": train_list[5:],
-               "meta": {"filename": "batches.meta", "key": "label_names", "md5": md5(folder / "batches.meta")}}
+    patches = {
+        "train_list": train_list[:5],
+        "test_list": train_list[5:],
+        "meta": {"filename": "batches.meta", "key": "label_names", "md5": md5(folder / "batches.meta")},
+    }
     return written, patches
 
 
@@ -207,14 +210,27 @@ def test_bad_input_matrix(tmp_path, capsys):
 def test_stream_placement_trains_exactly_like_memory(tmp_path):
     """Streaming decodes the same pixels in the same order through DataLoader workers, so the
     trained weights and the kNN equal the in-memory run's bit for bit."""
-    from conftest import make_folder
-
     from simsiam import from_preset, train
     from simsiam.data import load_splits
 
+    from conftest import make_folder
+
     data = make_folder(tmp_path / "photos", n=20)
-    kw = dict(data_dir=str(data), image_size=16, load_size=18, width=0.125, dim=32, pred_dim=8, proj_hidden=32, batch_size=8,
-              epochs=2, knn_every=1, knn_random_init=False, report=False, cache=False)
+    kw = dict(
+        data_dir=str(data),
+        image_size=16,
+        load_size=18,
+        width=0.125,
+        dim=32,
+        pred_dim=8,
+        proj_hidden=32,
+        batch_size=8,
+        epochs=2,
+        knn_every=1,
+        knn_random_init=False,
+        report=False,
+        cache=False,
+    )
     runs = {}
     for placement in ("memory", "stream"):
         cfg = from_preset("folder", placement=placement, workers=2, run_dir=str(tmp_path / placement), **kw)

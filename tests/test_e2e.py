@@ -17,8 +17,17 @@ from simsiam import from_preset, train
 train_mod = importlib.import_module("simsiam.train")  # the package re-exports the function `train`
 
 # 1000 train / 200 test images, width-1/8 CIFAR ResNet-18, small heads.
-SMALL = dict(width=0.125, dim=256, pred_dim=64, proj_hidden=256, batch_size=64, knn_every=0,
-             knn_random_init=False, log_every=5, report=False)
+SMALL = dict(
+    width=0.125,
+    dim=256,
+    pred_dim=64,
+    proj_hidden=256,
+    batch_size=64,
+    knn_every=0,
+    knn_random_init=False,
+    log_every=5,
+    report=False,
+)
 
 
 def small_cfg(data_dir, run_dir, **kw):

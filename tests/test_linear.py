@@ -12,7 +12,9 @@ def test_lars_step_matches_formula():
     opt = LARS([w], lr=0.5, momentum=0.9, weight_decay=0.1, eta=0.001)
     opt.step()
     local = 0.001 * 5 / (2 + 0.1 * 5)
-    expected = torch.tensor([[3.0, 4.0]]) - 0.5 * local * (torch.tensor([[0.0, 2.0]]) + 0.1 * torch.tensor([[3.0, 4.0]]))
+    expected = torch.tensor([[3.0, 4.0]]) - 0.5 * local * (
+        torch.tensor([[0.0, 2.0]]) + 0.1 * torch.tensor([[3.0, 4.0]])
+    )
     torch.testing.assert_close(w.detach(), expected)
 
 
@@ -45,8 +47,9 @@ def test_linear_eval_leaves_the_backbone_bitwise_unchanged():
         backbone = tiny_backbone()
         state = {k: v.clone() for k, v in backbone.state_dict().items()}
         before = fingerprint(backbone)
-        res = linear_report(backbone, data, data, 12, (0.5,) * 3, (0.5,) * 3, fast=fast, epochs=5, batch_size=32,
-                            progress=False)
+        res = linear_report(
+            backbone, data, data, 12, (0.5,) * 3, (0.5,) * 3, fast=fast, epochs=5, batch_size=32, progress=False
+        )
         assert res["backbone_unchanged"] and fingerprint(backbone) == before
         for k, v in backbone.state_dict().items():
             assert torch.equal(v, state[k]), k  # BN running stats too: eval mode throughout

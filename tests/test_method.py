@@ -62,21 +62,34 @@ def test_no_predictor_means_p_is_z():
 
 
 def _layers(seq):
-    return [(type(m).__name__, getattr(m, "in_features", getattr(m, "num_features", None)),
-             getattr(m, "out_features", None), m.bias is not None if isinstance(m, nn.Linear) else m.affine
-             if isinstance(m, nn.BatchNorm1d) else None) for m in seq]
+    return [
+        (
+            type(m).__name__,
+            getattr(m, "in_features", getattr(m, "num_features", None)),
+            getattr(m, "out_features", None),
+            m.bias is not None if isinstance(m, nn.Linear) else m.affine if isinstance(m, nn.BatchNorm1d) else None,
+        )
+        for m in seq
+    ]
 
 
 def test_imagenet_projector_and_predictor_structure():
     proj = projection_mlp(2048, 2048, 2048, layers=3)
     assert _layers(proj) == [
-        ("Linear", 2048, 2048, False), ("BatchNorm1d", 2048, None, True), ("ReLU", None, None, None),
-        ("Linear", 2048, 2048, False), ("BatchNorm1d", 2048, None, True), ("ReLU", None, None, None),
-        ("Linear", 2048, 2048, False), ("BatchNorm1d", 2048, None, False),  # output BN, no affine, no ReLU
+        ("Linear", 2048, 2048, False),
+        ("BatchNorm1d", 2048, None, True),
+        ("ReLU", None, None, None),
+        ("Linear", 2048, 2048, False),
+        ("BatchNorm1d", 2048, None, True),
+        ("ReLU", None, None, None),
+        ("Linear", 2048, 2048, False),
+        ("BatchNorm1d", 2048, None, False),  # output BN, no affine, no ReLU
     ]
     pred = prediction_mlp(2048, 512)
     assert _layers(pred) == [
-        ("Linear", 2048, 512, False), ("BatchNorm1d", 512, None, True), ("ReLU", None, None, None),
+        ("Linear", 2048, 512, False),
+        ("BatchNorm1d", 512, None, True),
+        ("ReLU", None, None, None),
         ("Linear", 512, 2048, True),  # output fc: bias, no BN
     ]
 
@@ -84,8 +97,11 @@ def test_imagenet_projector_and_predictor_structure():
 def test_cifar_projector_has_two_layers():
     proj = projection_mlp(512, 2048, 2048, layers=2)
     assert _layers(proj) == [
-        ("Linear", 512, 2048, False), ("BatchNorm1d", 2048, None, True), ("ReLU", None, None, None),
-        ("Linear", 2048, 2048, False), ("BatchNorm1d", 2048, None, False),
+        ("Linear", 512, 2048, False),
+        ("BatchNorm1d", 2048, None, True),
+        ("ReLU", None, None, None),
+        ("Linear", 2048, 2048, False),
+        ("BatchNorm1d", 2048, None, False),
     ]
 
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import make_folder
 
 from simsiam import build_backbone, from_preset, train
 from simsiam.cli import main
 from simsiam.runs import load_backbone
+
+from conftest import make_folder
 
 TINY = dict(width=0.125, dim=64, pred_dim=16, proj_hidden=64, knn_every=0, knn_random_init=False, report=False)
 
@@ -52,8 +53,7 @@ def test_eval_on_another_folder_and_checkpoint_file(run, tmp_path):
 
 def test_export_loads_into_torchvision_with_same_features(tmp_path):
     run_dir = tmp_path / "wide"
-    train(from_preset("digits", subset=64, batch_size=32, epochs=1, run_dir=str(run_dir),
-                      **{**TINY, "width": 1.0}))
+    train(from_preset("digits", subset=64, batch_size=32, epochs=1, run_dir=str(run_dir), **{**TINY, "width": 1.0}))
     out = tmp_path / "export" / "backbone.safetensors"
     assert main(["export", str(run_dir), "--out", str(out)]) == 0
     from safetensors import safe_open
@@ -80,8 +80,13 @@ def official_checkpoint(path, arch="resnet18"):
     torch.manual_seed(0)
     backbone, dim = build_backbone(arch)
     sd = {f"module.encoder.{k}": v for k, v in backbone.state_dict().items()}
-    sd.update({"module.encoder.fc.0.weight": torch.randn(dim, dim), "module.encoder.fc.6.bias": torch.zeros(dim),
-               "module.predictor.0.weight": torch.randn(128, dim)})
+    sd.update(
+        {
+            "module.encoder.fc.0.weight": torch.randn(dim, dim),
+            "module.encoder.fc.6.bias": torch.zeros(dim),
+            "module.predictor.0.weight": torch.randn(128, dim),
+        }
+    )
     torch.save({"epoch": 100, "arch": arch, "state_dict": sd, "optimizer": {}}, path)
     return backbone
 
@@ -107,8 +112,10 @@ def test_embed_writes_features_and_paths(run, tmp_path):
     (data / "red" / "nested").mkdir()
     (data / "red" / "nested" / "bad.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "emb.npy"
-    assert main(["embed", str(run_dir), "--data-dir", str(data), "--out", str(out), "--projector",
-                 "--batch-size", "4"]) == 0
+    assert (
+        main(["embed", str(run_dir), "--data-dir", str(data), "--out", str(out), "--projector", "--batch-size", "4"])
+        == 0
+    )
     feats = np.load(out)
     rows = list(csv.DictReader(open(tmp_path / "emb.csv")))
     assert feats.shape == (10, 64) and np.isfinite(feats).all()  # width 1/8 ResNet-18: 64-d pool features
@@ -119,16 +126,19 @@ def test_embed_writes_features_and_paths(run, tmp_path):
     backbone, cfg = load_backbone(run_dir)
     from simsiam.data.augment import prepare
     from simsiam.data.datasets import decode_image
+
     x = torch.from_numpy(decode_image(rows[0]["path"], cfg.image_size)).permute(2, 0, 1)[None]
     with torch.no_grad():
-        np.testing.assert_allclose(backbone(prepare(x, cfg.image_size, cfg.mean, cfg.std)).numpy()[0], feats[0],
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            backbone(prepare(x, cfg.image_size, cfg.mean, cfg.std)).numpy()[0], feats[0], rtol=1e-4, atol=1e-5
+        )
 
 
 def test_prepare_is_torchvision_center_crop_of_the_stored_images():
     from torchvision.transforms import functional as TF
 
     from simsiam.data.augment import prepare
+
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     for h, w in [(24, 24), (23, 25), (16, 16)]:  # odd margins: torchvision rounds the offset
         x = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
@@ -148,8 +158,17 @@ def test_load_size_trains_on_larger_decodes_and_evaluates_on_the_centre_crop(tmp
     from simsiam.evaluate import extract_features
 
     data = make_folder(tmp_path / "photos", n=8, size=40)
-    cfg = from_preset("folder", data_dir=str(data), image_size=16, load_size=24, batch_size=8, epochs=1,
-                      run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), **TINY)
+    cfg = from_preset(
+        "folder",
+        data_dir=str(data),
+        image_size=16,
+        load_size=24,
+        batch_size=8,
+        epochs=1,
+        run_dir=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache"),
+        **TINY,
+    )
     summary = train(cfg)
     assert np.isfinite(summary["loss"])
     train_set, _ = load_splits(cfg)
@@ -165,9 +184,11 @@ def test_load_size_trains_on_larger_decodes_and_evaluates_on_the_centre_crop(tmp
     out = tmp_path / "emb.npy"
     assert main(["embed", str(tmp_path / "run"), "--data-dir", str(data / "blue"), "--out", str(out)]) == 0
     from simsiam.data.datasets import decode_image
+
     first = torch.from_numpy(decode_image(str(data / "blue" / "0.png"), 24)).permute(2, 0, 1)[None]
-    np.testing.assert_allclose(np.load(out)[0], extract_features(backbone, first, 16, cfg.mean, cfg.std, l2=False)[0],
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.load(out)[0], extract_features(backbone, first, 16, cfg.mean, cfg.std, l2=False)[0], rtol=1e-4, atol=1e-5
+    )
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "b.safetensors")]) == 0
     with safe_open(str(tmp_path / "b.safetensors"), "pt") as f:
         assert f.metadata()["eval_transform"].startswith("Resize(24) + CenterCrop(16)")

@@ -17,8 +17,22 @@ PLOTS = ["loss.png", "z_std.png", "knn.png", "lr.png", "retrieval.png", "embeddi
 def run(tmp_path_factory):
     """A 2-epoch digits run (about 15 s on 2 CPU cores) with kNN measured every epoch."""
     run_dir = tmp_path_factory.mktemp("report") / "run"
-    train(from_preset("digits", width=0.125, subset=256, batch_size=64, epochs=2, knn_every=1, dim=64,
-                      pred_dim=16, proj_hidden=64, device="cpu", report=False, run_dir=str(run_dir)))
+    train(
+        from_preset(
+            "digits",
+            width=0.125,
+            subset=256,
+            batch_size=64,
+            epochs=2,
+            knn_every=1,
+            dim=64,
+            pred_dim=16,
+            proj_hidden=64,
+            device="cpu",
+            report=False,
+            run_dir=str(run_dir),
+        )
+    )
     return run_dir
 
 

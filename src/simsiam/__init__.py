@@ -1,7 +1,7 @@
 """simsiam: self-supervised image representation learning with SimSiam (Chen & He, CVPR 2021).
 
-    from simsiam import Config, from_preset, train
-    summary = train(from_preset("digits", epochs=5, run_dir="runs/try"))
+from simsiam import Config, from_preset, train
+summary = train(from_preset("digits", epochs=5, run_dir="runs/try"))
 """
 
 from .backbones import build_backbone
@@ -18,8 +18,26 @@ from .train import build_model, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "Augment", "Config", "ConfigError", "DataError", "ImageSet", "METHODS", "PRESETS", "SimSiam",
-    "SimSiamError", "TrainingError", "build_backbone", "build_model", "extract_features", "from_preset",
-    "knn_accuracy", "knn_predict", "load_backbone", "load_splits", "negative_cosine", "train", "write_report",
+    "Augment",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "ImageSet",
+    "METHODS",
+    "PRESETS",
+    "SimSiam",
+    "SimSiamError",
+    "TrainingError",
+    "build_backbone",
+    "build_model",
+    "extract_features",
+    "from_preset",
+    "knn_accuracy",
+    "knn_predict",
+    "load_backbone",
+    "load_splits",
+    "negative_cosine",
+    "train",
+    "write_report",
     "z_std",
 ]

@@ -54,8 +54,9 @@ def _init_like_torchvision(modules: list[nn.Module], zero_init_residual: bool) -
             nn.init.zeros_(m.bn2.weight)
 
 
-def build_backbone(arch: str = "resnet50", cifar_stem: bool = False, width: float = 1.0,
-                   zero_init_residual: bool = True) -> tuple[nn.Module, int]:
+def build_backbone(
+    arch: str = "resnet50", cifar_stem: bool = False, width: float = 1.0, zero_init_residual: bool = True
+) -> tuple[nn.Module, int]:
     """A torchvision ResNet without its classifier, and the dimension of its pooled features."""
     if arch not in _LAYERS:
         raise ValueError(f"unknown backbone {arch!r}; choose one of {', '.join(_LAYERS)}")

@@ -29,7 +29,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         base = args[0] if args and type(None) in typing.get_args(hint) else hint
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{f.metadata['help']} [paper/Config default: {_show(default)}; presets may change it]".replace("%", "%%")
+        help_text = f"{f.metadata['help']} [paper/Config default: {_show(default)}; presets may change it]".replace(
+            "%", "%%"
+        )
         kw: dict = {"default": argparse.SUPPRESS, "help": help_text}
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
@@ -47,50 +49,81 @@ def _show(v) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="simsiam", description="Self-supervised image representation learning with SimSiam (Chen & He, "
-                                    "CVPR 2021): train, evaluate, export, embed, report. See README.md.")
+        prog="simsiam",
+        description="Self-supervised image representation learning with SimSiam (Chen & He, "
+        "CVPR 2021): train, evaluate, export, embed, report. See README.md.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     presets = "; ".join(f"{name}" for name in PRESETS)
     tr = sub.add_parser(
-        "train", help="self-supervised pretraining",
+        "train",
+        help="self-supervised pretraining",
         description="Pretrain a backbone with SimSiam. With no options: the embedded digits dataset, about two "
-                    "minutes on a CPU, printing kNN accuracy of the trained and of the random-init backbone. "
-                    "A preset sets the starting values; every option below overrides it.",
+        "minutes on a CPU, printing kNN accuracy of the trained and of the random-init backbone. "
+        "A preset sets the starting values; every option below overrides it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    tr.add_argument("--preset", default=argparse.SUPPRESS,
-                    help=f"starting values: {presets} (default {DEFAULT_PRESET}, or folder when --data-dir is given; "
-                         "cifar10 and imagenet are the paper's recipes, cifar10-cpu a CPU-scale variant)")
-    tr.add_argument("--config", metavar="FILE.json", default=argparse.SUPPRESS,
-                    help="start from a saved config (e.g. RUN_DIR/config.json) instead of a preset")
-    tr.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
-                    help="continue the run in --run-dir from its last checkpoint, with its saved config "
-                         "(options given here override it, e.g. --epochs to train longer)")
+    tr.add_argument(
+        "--preset",
+        default=argparse.SUPPRESS,
+        help=f"starting values: {presets} (default {DEFAULT_PRESET}, or folder when --data-dir is given; "
+        "cifar10 and imagenet are the paper's recipes, cifar10-cpu a CPU-scale variant)",
+    )
+    tr.add_argument(
+        "--config",
+        metavar="FILE.json",
+        default=argparse.SUPPRESS,
+        help="start from a saved config (e.g. RUN_DIR/config.json) instead of a preset",
+    )
+    tr.add_argument(
+        "--resume",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="continue the run in --run-dir from its last checkpoint, with its saved config "
+        "(options given here override it, e.g. --epochs to train longer)",
+    )
     _add_config_options(tr)
 
     ev = sub.add_parser("eval", help="evaluate a trained backbone (kNN or linear probe)")
     ev_sub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    knn = ev_sub.add_parser("knn", help="weighted kNN on frozen features (train split = bank, test = queries)",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    knn = ev_sub.add_parser(
+        "knn",
+        help="weighted kNN on frozen features (train split = bank, test = queries)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _add_source_and_data(knn)
     knn.add_argument("--k", type=int, default=200, help="neighbours")
     knn.add_argument("--t", type=float, default=0.1, help="temperature of the exp(sim/T) votes (the authors used 0.2)")
-    lin = ev_sub.add_parser("linear", help="linear classifier on frozen pool features (paper App. A protocol)",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    lin = ev_sub.add_parser(
+        "linear",
+        help="linear classifier on frozen pool features (paper App. A protocol)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _add_source_and_data(lin)
-    lin.add_argument("--fast", action="store_true",
-                     help="features of un-augmented images extracted once (CPU-friendly); default: fresh "
-                          "RandomResizedCrop+flip crops every epoch as in the paper")
+    lin.add_argument(
+        "--fast",
+        action="store_true",
+        help="features of un-augmented images extracted once (CPU-friendly); default: fresh "
+        "RandomResizedCrop+flip crops every epoch as in the paper",
+    )
     lin.add_argument("--epochs", type=int, default=90, help="classifier epochs (paper: 90)")
     lin.add_argument("--batch-size", type=int, default=4096, help="batch (paper: 4096, LARS)")
-    lin.add_argument("--lr", type=float, default=0.1,
-                     help="base lr, scaled by batch/256 (official code 0.1; the paper's text says 0.02)")
+    lin.add_argument(
+        "--lr",
+        type=float,
+        default=0.1,
+        help="base lr, scaled by batch/256 (official code 0.1; the paper's text says 0.02)",
+    )
     lin.add_argument("--seed", type=int, default=0, help="classifier init and data order")
 
     ex = sub.add_parser("export", help="backbone weights as safetensors + a torchvision-loadable state_dict")
     ex.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
-    ex.add_argument("--out", required=True, metavar="FILE.safetensors",
-                    help="output; the plain state_dict goes beside it as FILE.pth")
+    ex.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.safetensors",
+        help="output; the plain state_dict goes beside it as FILE.pth",
+    )
 
     em = sub.add_parser("embed", help="backbone features of every image in a folder, to .npy + .csv of paths")
     em.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
@@ -103,13 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .reproduce import GROUPS
 
     rr = sub.add_parser(
-        "reproduce", help="the paper's ablations and Sec. 5 experiments, tabulated beside its numbers",
+        "reproduce",
+        help="the paper's ablations and Sec. 5 experiments, tabulated beside its numbers",
         description="Train every variant of an experiment group and write OUT/<group>/table.md (kNN, z-std, "
-                    "collapse, the paper's ImageNet number) and z_std.png. --scale cpu (default) runs the embedded "
-                    "digits at a size that takes about 40 s per variant on a CPU; --scale paper the paper's "
-                    "ImageNet setting (GPUs, --data-dir). Variants finished by the same simsiam code are reused "
-                    "when run again (--fresh retrains).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "collapse, the paper's ImageNet number) and z_std.png. --scale cpu (default) runs the embedded "
+        "digits at a size that takes about 40 s per variant on a CPU; --scale paper the paper's "
+        "ImageNet setting (GPUs, --data-dir). Variants finished by the same simsiam code are reused "
+        "when run again (--fresh retrains).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     rr.add_argument("name", choices=[*GROUPS, "all"], metavar="NAME", help=f"one of: {', '.join(GROUPS)}, all")
     rr.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
     rr.add_argument("--out", default="runs/reproduce", help="where the runs and tables go")
@@ -117,18 +152,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_options(rr)
 
     cp = sub.add_parser(
-        "compare", help="SimSiam vs SimCLR, BYOL, SwAV: same data, backbone, augmentation and budget, one table",
+        "compare",
+        help="SimSiam vs SimCLR, BYOL, SwAV: same data, backbone, augmentation and budget, one table",
         description="Train each method (in its own process) for the same epochs, probe it linearly, and write "
-                    "OUT/comparison.md (kNN, linear-fast, images/s, peak memory, the paper's ImageNet numbers) and "
-                    "OUT/knn.png (kNN per epoch of every method). Methods finished by the same simsiam code are "
-                    "reused when run again (--fresh retrains).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "OUT/comparison.md (kNN, linear-fast, images/s, peak memory, the paper's ImageNet numbers) and "
+        "OUT/knn.png (kNN per epoch of every method). Methods finished by the same simsiam code are "
+        "reused when run again (--fresh retrains).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     cp.add_argument("methods", nargs="+", metavar="METHOD", help="simsiam simclr byol swav (any of them)")
-    cp.add_argument("--scale", choices=["cpu", "paper"], default="cpu",
-                    help="cpu: digits, 10 epochs each; paper: ImageNet ResNet-50, 100 epochs (GPUs, --data-dir)")
+    cp.add_argument(
+        "--scale",
+        choices=["cpu", "paper"],
+        default="cpu",
+        help="cpu: digits, 10 epochs each; paper: ImageNet ResNet-50, 100 epochs (GPUs, --data-dir)",
+    )
     cp.add_argument("--out", default="runs/compare", help="where the runs and the table go")
-    cp.add_argument("--own-augmentation", action="store_true",
-                    help="each method with its own augmentation defaults (e.g. BYOL's solarize) instead of SimSiam's")
+    cp.add_argument(
+        "--own-augmentation",
+        action="store_true",
+        help="each method with its own augmentation defaults (e.g. BYOL's solarize) instead of SimSiam's",
+    )
     _add_experiment_options(cp)
 
     rp = sub.add_parser("report", help="plots and a Markdown summary of a run, in RUN_DIR/report/")
@@ -139,15 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_experiment_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fresh", action="store_true",
-                   help="train every run again even if the same configuration already finished under --out")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="train every run again even if the same configuration already finished under --out",
+    )
     p.add_argument("--preset", help="base preset instead of the scale's (digits at cpu, imagenet at paper)")
     p.add_argument("--data-dir", help="data for every run (a folder or a torchvision copy)")
     p.add_argument("--dataset", choices=["digits", "folder", "cifar10", "cifar100", "stl10"])
     p.add_argument("--epochs", type=int, help="override the scale's epochs")
     p.add_argument("--device", default="auto")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field in every run, e.g. --set width=0.5 (JSON values)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field in every run, e.g. --set width=0.5 (JSON values)",
+    )
 
 
 def _experiment_overrides(args) -> dict:
@@ -156,8 +208,16 @@ def _experiment_overrides(args) -> dict:
         raise ConfigError("--epochs must be positive")
     if args.scale == "paper" and not args.data_dir and args.dataset in (None, "folder"):
         raise ConfigError("--scale paper trains on ImageNet: give --data-dir DIR (train/ and val/ class folders)")
-    common = {k: v for k, v in [("data_dir", args.data_dir), ("dataset", args.dataset or ("folder" if args.data_dir else None)),
-                                ("epochs", args.epochs), ("device", args.device)] if v is not None}
+    common = {
+        k: v
+        for k, v in [
+            ("data_dir", args.data_dir),
+            ("dataset", args.dataset or ("folder" if args.data_dir else None)),
+            ("epochs", args.epochs),
+            ("device", args.device),
+        ]
+        if v is not None
+    }
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -170,10 +230,17 @@ def _experiment_overrides(args) -> dict:
 
 
 def _add_source_and_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT",
-                   help="a run directory, one of its checkpoint.pt, or an official SimSiam checkpoint")
+    p.add_argument(
+        "source",
+        metavar="RUN_DIR|CHECKPOINT",
+        help="a run directory, one of its checkpoint.pt, or an official SimSiam checkpoint",
+    )
     p.add_argument("--data-dir", help="evaluate on this ImageFolder tree (default: the run's own data)")
-    p.add_argument("--dataset", choices=["digits", "folder", "cifar10", "cifar100", "stl10"], help="evaluate on this dataset (default: the run's)")
+    p.add_argument(
+        "--dataset",
+        choices=["digits", "folder", "cifar10", "cifar100", "stl10"],
+        help="evaluate on this dataset (default: the run's)",
+    )
     p.add_argument("--out", metavar="FILE.json", help="where the result goes (default: beside the source)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
@@ -229,8 +296,10 @@ def _evaluate(args) -> None:
     cfg = _eval_config(cfg, args)
     train_set, test_set = (split.labeled() for split in load_splits(cfg))
     if len(train_set) == 0 or len(test_set) == 0:
-        raise DataError(f"evaluation needs labelled images and {cfg.data_dir or cfg.dataset} has none; "
-                        "give --data-dir a folder with class sub-folders")
+        raise DataError(
+            f"evaluation needs labelled images and {cfg.data_dir or cfg.dataset} has none; "
+            "give --data-dir a folder with class sub-folders"
+        )
     common = dict(size=cfg.image_size, mean=cfg.mean, std=cfg.std)
     if args.protocol == "knn":
         res = knn_report(backbone, train_set, test_set, k=args.k, t=args.t, **common)
@@ -238,16 +307,27 @@ def _evaluate(args) -> None:
     else:
         if args.epochs <= 0 or args.batch_size <= 0 or not args.lr > 0:
             raise ConfigError("--epochs, --batch-size and --lr must be positive")
-        res = linear_report(backbone, train_set, test_set, fast=args.fast, epochs=args.epochs,
-                            batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, **common)
+        res = linear_report(
+            backbone,
+            train_set,
+            test_set,
+            fast=args.fast,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            base_lr=args.lr,
+            seed=args.seed,
+            **common,
+        )
         name = "eval_linear_fast" if args.fast else "eval_linear"
     res = {"source": str(args.source), "dataset": cfg.dataset, "data_dir": cfg.data_dir, **res}
     path = _result_path(args.source, args.out, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")
     top5 = f", top-5 {100 * res['top5']:.2f}%" if "top5" in res else ""
-    log(f"{res['protocol']} top-1 {100 * res['top1']:.2f}%{top5} ({res.get('num_queries', res.get('num_test'))} "
-        f"test images) -> {path}")
+    log(
+        f"{res['protocol']} top-1 {100 * res['top1']:.2f}%{top5} ({res.get('num_queries', res.get('num_test'))} "
+        f"test images) -> {path}"
+    )
 
 
 def _reproduce(args) -> None:
@@ -291,31 +371,48 @@ def main(argv: list[str] | None = None) -> int:
             from .export import embed_folder
             from .train import resolve_device
 
-            res = embed_folder(args.source, args.data_dir, args.out, batch_size=args.batch_size,
-                               projector=args.projector, device=resolve_device(args.device))
-            log(f"{res['num_images']} x {res['dim']} features -> {res['features']}, paths -> {res['paths']}"
-                + (f" ({res['num_skipped']} unreadable files skipped)" if res["num_skipped"] else ""))
+            res = embed_folder(
+                args.source,
+                args.data_dir,
+                args.out,
+                batch_size=args.batch_size,
+                projector=args.projector,
+                device=resolve_device(args.device),
+            )
+            log(
+                f"{res['num_images']} x {res['dim']} features -> {res['features']}, paths -> {res['paths']}"
+                + (f" ({res['num_skipped']} unreadable files skipped)" if res["num_skipped"] else "")
+            )
         elif args.command == "reproduce":
             _reproduce(args)
         elif args.command == "compare":
             from .compare import compare
 
-            compare(args.methods, args.out, args.scale, args.preset, args.own_augmentation, log=log,
-                    fresh=args.fresh, **_experiment_overrides(args))
+            compare(
+                args.methods,
+                args.out,
+                args.scale,
+                args.preset,
+                args.own_augmentation,
+                log=log,
+                fresh=args.fresh,
+                **_experiment_overrides(args),
+            )
             log((Path(args.out) / "comparison.md").read_text() + f"plot: {Path(args.out) / 'knn.png'}")
         elif args.command == "report":
             from .report import write_report
 
-            md = write_report(args.run_dir, retrieval=not args.no_retrieval,
-                              embedding_map=not args.no_embedding_map)
+            md = write_report(args.run_dir, retrieval=not args.no_retrieval, embedding_map=not args.no_embedding_map)
             log(f"report written: {md}")
         return 0
     except SimSiamError as e:
         print(f"simsiam: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("simsiam: interrupted; the last finished epoch's checkpoint is kept (continue with --resume)",
-              file=sys.stderr)
+        print(
+            "simsiam: interrupted; the last finished epoch's checkpoint is kept (continue with --resume)",
+            file=sys.stderr,
+        )
         return 130
 
 

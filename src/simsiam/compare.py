@@ -27,19 +27,33 @@ from .errors import ConfigError, TrainingError
 from .reproduce import Variant, config_key, run_variants
 
 PAPER = {  # Table 4: ImageNet linear top-1 at 100 / 200 / 400 / 800 epochs
-    "simsiam": (68.1, 70.0, 70.8, 71.3), "simclr": (66.5, 68.3, 69.8, 70.4),
-    "byol": (66.5, 70.6, 73.2, 74.3), "swav": (66.5, 69.1, 70.7, 71.8),
+    "simsiam": (68.1, 70.0, 70.8, 71.3),
+    "simclr": (66.5, 68.3, 69.8, 70.4),
+    "byol": (66.5, 70.6, 73.2, 74.3),
+    "swav": (66.5, 69.1, 70.7, 71.8),
 }
 SCALES = {
     "cpu": dict(preset="digits", overrides=dict(epochs=10, knn_every=1, report=False)),
     "paper": dict(preset="imagenet", overrides=dict(epochs=100, batch_size=512, knn_every=10, report=False)),
 }
-AUGMENTATION = ("crop_scale", "crop_ratio", "hflip", "jitter", "jitter_p", "gray_p", "blur_p", "blur_sigma",
-                "solarize_p", "blur_p2", "solarize_p2")
+AUGMENTATION = (
+    "crop_scale",
+    "crop_ratio",
+    "hflip",
+    "jitter",
+    "jitter_p",
+    "gray_p",
+    "blur_p",
+    "blur_sigma",
+    "solarize_p",
+    "blur_p2",
+    "solarize_p2",
+)
 
 
-def method_config(method: str, scale: str = "cpu", preset: str | None = None, own_augmentation: bool = False,
-                  **common) -> Config:
+def method_config(
+    method: str, scale: str = "cpu", preset: str | None = None, own_augmentation: bool = False, **common
+) -> Config:
     from .methods import DEFAULTS, METHODS
 
     if method not in METHODS:
@@ -64,8 +78,9 @@ def _subprocess_train(cfg: Config) -> dict:
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
-        raise TrainingError(f"training {cfg.method} failed (exit {child.returncode}); its output is above, "
-                            f"its run directory {run_dir}")
+        raise TrainingError(
+            f"training {cfg.method} failed (exit {child.returncode}); its output is above, its run directory {run_dir}"
+        )
     summary = json.loads((run_dir / "summary.json").read_text())
     if summary.get("peak_memory_of") == "process RSS":
         summary["peak_memory_mb"] = usage.ru_maxrss / 1024  # KiB on Linux
@@ -73,18 +88,29 @@ def _subprocess_train(cfg: Config) -> dict:
     return summary
 
 
-def compare(methods: list[str], out: str | Path = "runs/compare", scale: str = "cpu", preset: str | None = None,
-            own_augmentation: bool = False, log=print, in_process: bool = False, fresh: bool = False,
-            **common) -> dict:
+def compare(
+    methods: list[str],
+    out: str | Path = "runs/compare",
+    scale: str = "cpu",
+    preset: str | None = None,
+    own_augmentation: bool = False,
+    log=print,
+    in_process: bool = False,
+    fresh: bool = False,
+    **common,
+) -> dict:
     """Train each method with the same budget, probe it linearly, write OUT/{comparison.md,
     results.json, knn.png}. `in_process` trains in this process (tests; memory is then shared)."""
     if not methods:
         raise ConfigError("name at least one method, e.g. simsiam simclr byol swav")
     out = Path(out)
-    jobs = [(Variant(m, {}, PAPER.get(m, (None,))[0]), method_config(m, scale, preset, own_augmentation, **common),
-             out / m) for m in methods]
-    rows = run_variants(jobs, out / "index.json", log, "compare", runner=None if in_process else _subprocess_train,
-                        fresh=fresh)
+    jobs = [
+        (Variant(m, {}, PAPER.get(m, (None,))[0]), method_config(m, scale, preset, own_augmentation, **common), out / m)
+        for m in methods
+    ]
+    rows = run_variants(
+        jobs, out / "index.json", log, "compare", runner=None if in_process else _subprocess_train, fresh=fresh
+    )
     for row, (_, cfg, _) in zip(rows, jobs):
         row["linear_fast"] = _linear_fast(Path(row["run_dir"]), cfg)
         row["config_key"] = config_key(cfg)
@@ -120,19 +146,27 @@ def _pct(x: float | None) -> str:
 def markdown(results: dict) -> str:
     rows = results["rows"]
     r0 = rows[0]
-    lines = [f"### Method comparison ({results['scale']} scale, {results['date']})", "",
-             f"{r0['dataset']}, {r0['arch']} x{r0['width']:g}, batch {r0['batch_size']}, {r0['epochs']} epochs each, "
-             f"{'each method its own augmentation' if results['own_augmentation'] else 'the same (SimSiam) augmentation for all'}, "
-             f"{r0['device']}.", "",
-             "| method | kNN top-1 | linear (fast) | random-init kNN | z-std / (1/sqrt d) | images/s | peak memory (MB) "
-             "| paper ImageNet linear 100/200/400/800 ep |",
-             "|---|---|---|---|---|---|---|---|"]
+    aug = (
+        "each method its own augmentation" if results["own_augmentation"] else "the same (SimSiam) augmentation for all"
+    )
+    lines = [
+        f"### Method comparison ({results['scale']} scale, {results['date']})",
+        "",
+        f"{r0['dataset']}, {r0['arch']} x{r0['width']:g}, batch {r0['batch_size']}, {r0['epochs']} epochs each, "
+        f"{aug}, {r0['device']}.",
+        "",
+        "| method | kNN top-1 | linear (fast) | random-init kNN | z-std / (1/sqrt d) | images/s | peak memory (MB) "
+        "| paper ImageNet linear 100/200/400/800 ep |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         paper = " / ".join(f"{p:.1f}" for p in PAPER.get(r["variant"], ())) or "-"
         mem = "n/a" if r.get("peak_memory_mb") is None else f"{r['peak_memory_mb']:.0f} ({r.get('peak_memory_of')})"
-        lines.append(f"| {r['variant']} | {_pct(r.get('knn_top1'))} | {_pct(r.get('linear_fast'))} "
-                     f"| {_pct(r.get('knn_top1_random_init'))} | {r['z_std'] / r['z_std_healthy']:.2f} "
-                     f"| {r['images_per_second']:.0f} | {mem} | {paper} |")
+        lines.append(
+            f"| {r['variant']} | {_pct(r.get('knn_top1'))} | {_pct(r.get('linear_fast'))} "
+            f"| {_pct(r.get('knn_top1_random_init'))} | {r['z_std'] / r['z_std_healthy']:.2f} "
+            f"| {r['images_per_second']:.0f} | {mem} | {paper} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -143,7 +177,9 @@ def _plot(rows: list[dict], path: Path) -> None:
     curves = {}
     for r in rows:
         metrics = read_metrics(r["run_dir"])
-        curves[r["variant"]] = [{**m, "knn_top1": 100 * m["knn_top1"]} for m in metrics if m.get("knn_top1") is not None]
+        curves[r["variant"]] = [
+            {**m, "knn_top1": 100 * m["knn_top1"]} for m in metrics if m.get("knn_top1") is not None
+        ]
     fig = plot_curves(curves, "knn_top1", "kNN top-1 per epoch, same budget", "kNN top-1 (%)")
     if fig is not None:
         fig.savefig(path)

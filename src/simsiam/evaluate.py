@@ -17,8 +17,16 @@ from .data.augment import prepare
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images, size: int, mean, std,
-                     batch_size: int = 512, channels_last: bool = False, l2: bool = True) -> torch.Tensor:
+def extract_features(
+    backbone: nn.Module,
+    images,
+    size: int,
+    mean,
+    std,
+    batch_size: int = 512,
+    channels_last: bool = False,
+    l2: bool = True,
+) -> torch.Tensor:
     """Pooled features (N, D) of uint8 images (a tensor, an ImageSet or a streamed FileSet),
     backbone in eval mode, fp32; l2-normalised for kNN, raw (`l2=False`) for the linear probe."""
     was_training = backbone.training
@@ -37,8 +45,15 @@ def extract_features(backbone: nn.Module, images, size: int, mean, std,
 
 
 @torch.no_grad()
-def knn_predict(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
-                k: int = 200, t: float = 0.1, chunk: int = 1024) -> torch.Tensor:
+def knn_predict(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    t: float = 0.1,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Class scores (Nq, C) from a weighted kNN vote. Inputs must be l2-normalised."""
     k = min(k, bank.shape[0])
     scores = []
@@ -50,8 +65,9 @@ def knn_predict(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Te
     return torch.cat(scores)
 
 
-def knn_accuracy(backbone: nn.Module, train, test, size: int, mean, std, k: int = 200, t: float = 0.1,
-                 channels_last: bool = False) -> float:
+def knn_accuracy(
+    backbone: nn.Module, train, test, size: int, mean, std, k: int = 200, t: float = 0.1, channels_last: bool = False
+) -> float:
     """Top-1 kNN accuracy (0..1) of `backbone` with `train` as the bank and `test` as queries."""
     bank = extract_features(backbone, train, size, mean, std, channels_last=channels_last)
     queries = extract_features(backbone, test, size, mean, std, channels_last=channels_last)
@@ -71,8 +87,9 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict
 
 
 def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, float]:
-    return {name: (pred[labels == c] == c).float().mean().item()
-            for c, name in enumerate(classes) if (labels == c).any()}
+    return {
+        name: (pred[labels == c] == c).float().mean().item() for c, name in enumerate(classes) if (labels == c).any()
+    }
 
 
 def fingerprint(module: nn.Module) -> str:
@@ -86,9 +103,19 @@ def fingerprint(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def train_linear(features, labels: torch.Tensor, dim: int, num_classes: int, epochs: int = 90,
-                 batch_size: int = 4096, base_lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 seed: int = 0, progress: bool = True) -> nn.Linear:
+def train_linear(
+    features,
+    labels: torch.Tensor,
+    dim: int,
+    num_classes: int,
+    epochs: int = 90,
+    batch_size: int = 4096,
+    base_lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> nn.Linear:
     """The paper's linear classifier (App. A / official main_lincls.py): one BN-free linear layer,
     weights ~ N(0, 0.01), bias 0; LARS (trust 0.001), lr = base_lr x batch/256, cosine per epoch, wd 0.
 
@@ -121,8 +148,9 @@ def train_linear(features, labels: torch.Tensor, dim: int, num_classes: int, epo
     return head
 
 
-def fit_linear_fast(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-4,
-                    max_iter: int = 500) -> nn.Module:
+def fit_linear_fast(
+    feats: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-4, max_iter: int = 500
+) -> nn.Module:
     """Multinomial logistic regression on fixed features: full-batch L-BFGS on standardised
     features (a linear map of the features, so still a linear probe). Converges in seconds where
     LARS with trust 0.001 needs the paper's ~28k steps."""
@@ -131,8 +159,15 @@ def fit_linear_fast(feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     x = (feats - mu) / sd
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        head.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad(set_to_none=True)
@@ -160,8 +195,15 @@ def knn_report(backbone: nn.Module, train, test, size: int, mean, std, k: int = 
     queries = extract_features(backbone, test, size, mean, std)
     labels = test.labels.to(bank.device)
     scores = knn_predict(queries, bank, train.labels.to(bank.device), len(train.classes), k, t)
-    return {"protocol": "knn", "k": k, "t": t, "num_bank": len(train), "num_queries": len(test),
-            **topk_accuracy(scores, labels), "per_class": per_class_accuracy(scores.argmax(1), labels, train.classes)}
+    return {
+        "protocol": "knn",
+        "k": k,
+        "t": t,
+        "num_bank": len(train),
+        "num_queries": len(test),
+        **topk_accuracy(scores, labels),
+        "per_class": per_class_accuracy(scores.argmax(1), labels, train.classes),
+    }
 
 
 @torch.no_grad()
@@ -170,8 +212,20 @@ def pooled_features(backbone: nn.Module, images, size: int, mean, std) -> torch.
     return extract_features(backbone, images, size, mean, std, l2=False)
 
 
-def linear_report(backbone: nn.Module, train, test, size: int, mean, std, fast: bool = True, epochs: int = 90,
-                  batch_size: int = 4096, base_lr: float = 0.1, seed: int = 0, progress: bool = True) -> dict:
+def linear_report(
+    backbone: nn.Module,
+    train,
+    test,
+    size: int,
+    mean,
+    std,
+    fast: bool = True,
+    epochs: int = 90,
+    batch_size: int = 4096,
+    base_lr: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """`simsiam eval linear`: a linear classifier on the frozen backbone's pool features.
 
     fast: features of the un-augmented images, extracted once, fitted by L-BFGS (`fit_linear_fast`).
@@ -203,14 +257,32 @@ def linear_report(backbone: nn.Module, train, test, size: int, mean, std, fast: 
             return backbone(crop(train.take(idx).to(device), gen)).float()
 
         dim = pooled_features(backbone, train.take([0]), size, mean, std).shape[1]
-        head = train_linear(features, labels, dim, len(train.classes), epochs=epochs,
-                            batch_size=min(batch_size, len(train)), base_lr=base_lr, seed=seed, progress=progress)
-        optimizer = f"LARS (trust 0.001), batch {min(batch_size, len(train))}, base lr {base_lr:g}, cosine, wd 0, {epochs} epochs"
+        head = train_linear(
+            features,
+            labels,
+            dim,
+            len(train.classes),
+            epochs=epochs,
+            batch_size=min(batch_size, len(train)),
+            base_lr=base_lr,
+            seed=seed,
+            progress=progress,
+        )
+        optimizer = (
+            f"LARS (trust 0.001), batch {min(batch_size, len(train))}, base lr {base_lr:g}, cosine, wd 0, "
+            f"{epochs} epochs"
+        )
     with torch.no_grad():
         scores = head(pooled_features(backbone, test, size, mean, std))
     if fingerprint(backbone) != before:
         raise TrainingError("the backbone's weights changed during linear evaluation; this is a bug, please report it")
     test_labels = test.labels.to(device)
-    return {"protocol": "linear-fast" if fast else "linear", "optimizer": optimizer, "backbone_unchanged": True,
-            "num_train": len(train), "num_test": len(test), **topk_accuracy(scores, test_labels),
-            "per_class": per_class_accuracy(scores.argmax(1), test_labels, train.classes)}
+    return {
+        "protocol": "linear-fast" if fast else "linear",
+        "optimizer": optimizer,
+        "backbone_unchanged": True,
+        "num_train": len(train),
+        "num_test": len(test),
+        **topk_accuracy(scores, test_labels),
+        "per_class": per_class_accuracy(scores.argmax(1), test_labels, train.classes),
+    }

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .data.augment import prepare
 from .data import datasets
+from .data.augment import prepare
 from .data.datasets import decode_image
 from .errors import DataError, warn
 from .runs import load_backbone
@@ -32,11 +32,16 @@ def export_backbone(source, out) -> tuple[Path, Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "arch": cfg.arch, "width": str(cfg.width), "cifar_stem": str(cfg.cifar_stem).lower(),
-        "feature_dim": str(_feature_dim(backbone, cfg)), "image_size": str(cfg.image_size),
+        "arch": cfg.arch,
+        "width": str(cfg.width),
+        "cifar_stem": str(cfg.cifar_stem).lower(),
+        "feature_dim": str(_feature_dim(backbone, cfg)),
+        "image_size": str(cfg.image_size),
         "load_size": str(cfg.stored_size),
-        "eval_transform": f"Resize({cfg.stored_size}) + CenterCrop({cfg.image_size}) + ToTensor() + Normalize(mean, std)",
-        "mean": json.dumps(list(cfg.mean)), "std": json.dumps(list(cfg.std)),
+        "eval_transform": f"Resize({cfg.stored_size}) + CenterCrop({cfg.image_size}) + ToTensor() "
+        "+ Normalize(mean, std)",
+        "mean": json.dumps(list(cfg.mean)),
+        "std": json.dumps(list(cfg.std)),
         "torchvision_loadable": str(cfg.width == 1.0).lower(),
         "howto": _howto(cfg),
     }
@@ -53,12 +58,16 @@ def _feature_dim(backbone, cfg) -> int:
 
 def _howto(cfg) -> str:
     if cfg.width != 1.0:
-        return (f"width {cfg.width}: build it with simsiam.build_backbone('{cfg.arch}', cifar_stem={cfg.cifar_stem}, "
-                f"width={cfg.width})[0]; torchvision's standard ResNets have other channel counts")
+        return (
+            f"width {cfg.width}: build it with simsiam.build_backbone('{cfg.arch}', cifar_stem={cfg.cifar_stem}, "
+            f"width={cfg.width})[0]; torchvision's standard ResNets have other channel counts"
+        )
     how = f"m = torchvision.models.{cfg.arch}(); m.load_state_dict(sd, strict=False)  # only fc.* missing"
     if cfg.cifar_stem:
-        how = (f"m = torchvision.models.{cfg.arch}(); m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False); "
-               "m.maxpool = nn.Identity(); m.load_state_dict(sd, strict=False)  # CIFAR stem; only fc.* missing")
+        how = (
+            f"m = torchvision.models.{cfg.arch}(); m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False); "
+            "m.maxpool = nn.Identity(); m.load_state_dict(sd, strict=False)  # CIFAR stem; only fc.* missing"
+        )
     return how
 
 
@@ -72,8 +81,9 @@ def list_images(root) -> list[str]:
 
 
 @torch.no_grad()
-def embed_folder(source, data_dir, out, batch_size: int = 256, projector: bool = False,
-                 device: str = "cpu", progress: bool = True) -> dict:
+def embed_folder(
+    source, data_dir, out, batch_size: int = 256, projector: bool = False, device: str = "cpu", progress: bool = True
+) -> dict:
     """Backbone features (N, D) of every image under data_dir to `out` (.npy) and the image paths,
     in the same order, to `out` with .csv. With projector=True also z = projector(features) to
     `out` with suffix `.projector.npy` (needs a run directory with checkpoint.pt)."""
@@ -84,7 +94,7 @@ def embed_folder(source, data_dir, out, batch_size: int = 256, projector: bool =
     paths = list_images(data_dir)
     feats, zs, kept, bad = [], [], [], []
     for i in tqdm(range(0, len(paths), batch_size), desc="embed", unit="batch", disable=not progress):
-        chunk = paths[i:i + batch_size]
+        chunk = paths[i : i + batch_size]
         arrays = [decode_image(p, cfg.stored_size) for p in chunk]
         bad += [p for p, a in zip(chunk, arrays) if a is None]
         good = [(p, a) for p, a in zip(chunk, arrays) if a is not None]
@@ -107,8 +117,13 @@ def embed_folder(source, data_dir, out, batch_size: int = 256, projector: bool =
         w = csv.writer(f)
         w.writerow(["index", "path"])
         w.writerows(enumerate(kept))
-    result = {"features": str(out), "paths": str(out.with_suffix(".csv")), "num_images": len(kept),
-              "num_skipped": len(bad), "dim": int(feats[0].shape[1])}
+    result = {
+        "features": str(out),
+        "paths": str(out.with_suffix(".csv")),
+        "num_images": len(kept),
+        "num_skipped": len(bad),
+        "dim": int(feats[0].shape[1]),
+    }
     if proj is not None:
         np.save(out.with_suffix(".projector.npy"), torch.cat(zs).numpy())
         result["projector"] = str(out.with_suffix(".projector.npy"))

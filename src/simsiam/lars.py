@@ -23,8 +23,9 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(p.grad)
-                local_lr = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / (g_norm + wd * w_norm),
-                                       torch.ones_like(w_norm))
+                local_lr = torch.where(
+                    (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / (g_norm + wd * w_norm), torch.ones_like(w_norm)
+                )
                 d = p.grad.add(p, alpha=wd).mul_(local_lr)
                 buf = self.state[p].get("momentum_buffer")
                 if buf is None:

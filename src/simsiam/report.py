@@ -38,9 +38,17 @@ MAX_LEGEND = 20  # more classes than this: colours only, a legend would hide the
 SAME, OTHER, QUERY = "#1a9641", "#d7191c", "#2b83ba"  # green / red / blue frames in the retrieval grid
 
 
-def write_report(run_dir: str | Path, *, retrieval: bool = True, embedding_map: bool = True,
-                 n_queries: int = 8, top_k: int = 8, max_points: int = 2000,
-                 embedding_method: str = "tsne", device: str = "auto") -> Path:
+def write_report(
+    run_dir: str | Path,
+    *,
+    retrieval: bool = True,
+    embedding_map: bool = True,
+    n_queries: int = 8,
+    top_k: int = 8,
+    max_points: int = 2000,
+    embedding_method: str = "tsne",
+    device: str = "auto",
+) -> Path:
     """Write RUN_DIR/report/{*.png, summary.md}; returns the path of summary.md.
 
     retrieval: grid of `n_queries` test images and their `top_k` nearest train images.
@@ -87,11 +95,14 @@ def write_report(run_dir: str | Path, *, retrieval: bool = True, embedding_map: 
                     notes.append("retrieval: the data has a single class, so matches cannot be judged")
                 else:
                     fig, hits = plot_retrieval(train_set, test_set, train_feats, test_feats, n_queries, top_k)
-                    add("retrieval.png", "Nearest neighbours", fig,
-                        caption=f"{hits[0]} of {hits[1]} neighbours shown share their query's class.")
+                    add(
+                        "retrieval.png",
+                        "Nearest neighbours",
+                        fig,
+                        caption=f"{hits[0]} of {hits[1]} neighbours shown share their query's class.",
+                    )
             if embedding_map:
-                fig, why = plot_embedding(test_feats, test_set.labels, test_set.classes, max_points,
-                                          embedding_method)
+                fig, why = plot_embedding(test_feats, test_set.labels, test_set.classes, max_points, embedding_method)
                 add("embedding.png", f"Embedding map ({embedding_method})", fig, why)
 
     page = out / "summary.md"
@@ -101,13 +112,16 @@ def write_report(run_dir: str | Path, *, retrieval: bool = True, embedding_map: 
 
 # --- reading the run ---------------------------------------------------------------------------
 
+
 def _read_metrics(run_dir: Path) -> list[dict]:
     """runs.read_metrics, but a missing or empty file is an error naming the fix."""
     if not run_dir.is_dir():
         raise DataError(f"{run_dir} is not a directory; give the run directory of `simsiam train`")
     if not (run_dir / "metrics.jsonl").exists():
-        raise DataError(f"{run_dir} has no metrics.jsonl; train first (`simsiam train --run-dir {run_dir}`) "
-                        "or give the directory of a run")
+        raise DataError(
+            f"{run_dir} has no metrics.jsonl; train first (`simsiam train --run-dir {run_dir}`) "
+            "or give the directory of a run"
+        )
     rows = read_metrics(run_dir)
     if not rows:
         raise DataError(f"{run_dir}/metrics.jsonl is empty; wait until the run's first epoch has finished")
@@ -142,6 +156,7 @@ def _features(run_dir: Path, device: torch.device):
 
 
 # --- figures -----------------------------------------------------------------------------------
+
 
 def _figure(size=PLOT_SIZE) -> Figure:
     fig = Figure(figsize=size, dpi=DPI)
@@ -197,16 +212,23 @@ def plot_z_std(metrics: list[dict], cfg: Config | None) -> Figure | None:
         top = max(top, healthy)
         if cfg is not None:
             cut = cfg.collapse_fraction * healthy
-            ax.axhline(cut, color="C3", linestyle=":",
-                       label=f"collapse threshold {cfg.collapse_fraction:g} x 1/sqrt(d)")
+            ax.axhline(
+                cut, color="C3", linestyle=":", label=f"collapse threshold {cfg.collapse_fraction:g} x 1/sqrt(d)"
+            )
     ax.set_ylim(0, 1.15 * top)  # from 0: how far from collapse matters more than the wiggles
     ax.legend(loc="best")
     fig.tight_layout()
     return fig
 
 
-def plot_curves(curves: dict[str, list[dict]], key: str, title: str, ylabel: str, hline: float | None = None,
-                scale_by_healthy: bool = False) -> Figure | None:
+def plot_curves(
+    curves: dict[str, list[dict]],
+    key: str,
+    title: str,
+    ylabel: str,
+    hline: float | None = None,
+    scale_by_healthy: bool = False,
+) -> Figure | None:
     """One line per run (label -> its metrics) of `key` against the epoch: the z-std curves of
     `simsiam reproduce`, the kNN curves of `simsiam compare`. With `scale_by_healthy` z-std is
     divided by its 1/sqrt(d), so runs with different d share one axis (1 = healthy)."""
@@ -225,8 +247,12 @@ def plot_curves(curves: dict[str, list[dict]], key: str, title: str, ylabel: str
     if scale_by_healthy:
         hline = 1.0
     if hline is not None:
-        ax.axhline(hline, color="C7", linestyle="--",
-                   label="healthy 1/sqrt(d)" + ("" if scale_by_healthy else f" = {hline:.4f}"))
+        ax.axhline(
+            hline,
+            color="C7",
+            linestyle="--",
+            label="healthy 1/sqrt(d)" + ("" if scale_by_healthy else f" = {hline:.4f}"),
+        )
     ax.set_ylim(bottom=0)
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
@@ -241,8 +267,7 @@ def plot_knn(metrics: list[dict], random_init: float | None) -> Figure | None:
     ax = _curve_axes(fig, "kNN top-1 on the test split", "kNN top-1 (%)")
     ax.plot(epochs, [100 * a for a in acc], marker="o", color="C0", label="trained backbone")
     if random_init is not None:
-        ax.axhline(100 * random_init, color="C7", linestyle="--",
-                   label=f"random init ({100 * random_init:.2f}%)")
+        ax.axhline(100 * random_init, color="C7", linestyle="--", label=f"random init ({100 * random_init:.2f}%)")
     ax.margins(y=0.15)  # room for the legend above / below the random-init line
     last = max(m["epoch"] for m in metrics)
     ax.set_xlim(0, last + max(0.3, 0.03 * last))  # from 0: the random-init line is the epoch-0 value
@@ -265,16 +290,16 @@ def plot_lr(metrics: list[dict]) -> Figure | None:
     ax = _curve_axes(fig, "Learning rate per parameter group", "lr")
     for i, (name, (epochs, lrs)) in enumerate(groups.items()):
         # Dashes on later groups: a fixed-lr predictor sits on top of the encoder at first.
-        ax.plot(epochs, lrs, marker=_marker(len(epochs)), color=f"C{i}", linestyle="-" if i == 0 else "--",
-                label=name)
+        ax.plot(epochs, lrs, marker=_marker(len(epochs)), color=f"C{i}", linestyle="-" if i == 0 else "--", label=name)
     ax.set_ylim(bottom=0)
     ax.legend(loc="lower left")
     fig.tight_layout()
     return fig
 
 
-def plot_retrieval(train_set, test_set, train_feats: torch.Tensor, test_feats: torch.Tensor,
-                   n_queries: int = 8, top_k: int = 8) -> tuple[Figure, tuple[int, int]]:
+def plot_retrieval(
+    train_set, test_set, train_feats: torch.Tensor, test_feats: torch.Tensor, n_queries: int = 8, top_k: int = 8
+) -> tuple[Figure, tuple[int, int]]:
     """Grid: each row a test query, then its top_k cosine-nearest train images (green border =
     same class, red = other). Returns the figure and (same-class neighbours, neighbours shown)."""
     n_queries, top_k = min(n_queries, len(test_set)), min(top_k, len(train_set))
@@ -293,10 +318,17 @@ def plot_retrieval(train_set, test_set, train_feats: torch.Tensor, test_feats: t
             label = int(train_set.labels[j])
             same = label == q_label
             hits += same
-            _show(axes[r, c + 1], train_set.take([j])[0], SAME if same else OTHER,
-                  f"{train_set.classes[label]}  {sim[r, c]:.2f}")
-    fig.suptitle(f"Test queries (blue) and their {top_k} nearest train images, titled class and cosine "
-                 "similarity; green = same class, red = other", fontsize=9)
+            _show(
+                axes[r, c + 1],
+                train_set.take([j])[0],
+                SAME if same else OTHER,
+                f"{train_set.classes[label]}  {sim[r, c]:.2f}",
+            )
+    fig.suptitle(
+        f"Test queries (blue) and their {top_k} nearest train images, titled class and cosine "
+        "similarity; green = same class, red = other",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (cell * n_queries + 0.5)))
     return fig, (hits, n_queries * top_k)
 
@@ -313,11 +345,12 @@ def _show(ax, image: torch.Tensor, colour: str, title: str) -> None:
 
 
 def _short(text: str, n: int = 18) -> str:
-    return text if len(text) <= n else text[:n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def plot_embedding(feats: torch.Tensor, labels: torch.Tensor, classes: list[str], max_points: int = 2000,
-                   method: str = "tsne") -> tuple[Figure | None, str]:
+def plot_embedding(
+    feats: torch.Tensor, labels: torch.Tensor, classes: list[str], max_points: int = 2000, method: str = "tsne"
+) -> tuple[Figure | None, str]:
     """2-D map of up to max_points features coloured by class; (None, reason) when it cannot be drawn."""
     n = len(feats)
     if n < 5:
@@ -336,8 +369,9 @@ def plot_embedding(feats: torch.Tensor, labels: torch.Tensor, classes: list[str]
         from sklearn.manifold import TSNE
 
         # Perplexity must stay below the number of points; 30 (the default) for anything sizeable.
-        xy = TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca",
-                  random_state=SEED).fit_transform(x)
+        xy = TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=SEED).fit_transform(
+            x
+        )
     labels = labels.cpu().numpy()
     fig = _figure((7, 5.5))
     ax = fig.subplots()
@@ -351,38 +385,55 @@ def plot_embedding(feats: torch.Tensor, labels: torch.Tensor, classes: list[str]
         colour = palette(int(c) % palette.N)
         ax.scatter(pts[:, 0], pts[:, 1], s=8, color=colour, label=None if many else classes[c], alpha=0.8)
     name = "t-SNE" if method == "tsne" else "UMAP"
-    ax.set_title(f"{name} of {len(x)} test-image features, coloured by class"
-                 + (f" ({len(classes)} classes, no legend)" if many else ""))
+    ax.set_title(
+        f"{name} of {len(x)} test-image features, coloured by class"
+        + (f" ({len(classes)} classes, no legend)" if many else "")
+    )
     ax.set_xlabel(f"{name} 1")
     ax.set_ylabel(f"{name} 2")
     ax.set_xticks([])
     ax.set_yticks([])
     if not many:
-        ax.legend(title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=2,
-                  frameon=False)
+        ax.legend(
+            title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=2, frameon=False
+        )
     fig.tight_layout()
     return fig, ""
 
 
 # --- the page ----------------------------------------------------------------------------------
 
-def _markdown(run_dir: Path, metrics: list[dict], summary: dict | None, cfg: Config | None,
-              figures: list[tuple[str, str, str]], notes: list[str]) -> str:
+
+def _markdown(
+    run_dir: Path,
+    metrics: list[dict],
+    summary: dict | None,
+    cfg: Config | None,
+    figures: list[tuple[str, str, str]],
+    notes: list[str],
+) -> str:
     h = _headline(metrics, summary, cfg)
     lines = [f"# Run report: {run_dir.name}", ""]
     if summary is None:
-        lines += [f"**Unfinished run** (no summary.json): numbers are from the last finished epoch, "
-                  f"{h['epochs_done']} of {h['epochs']}.", ""]
-    lines += ["| | |", "|---|---|",
-              f"| method | {h['method']} |",
-              f"| dataset | {h['dataset']} |",
-              f"| epochs | {h['epochs_done']} of {h['epochs']} |",
-              f"| training time | {_duration(h['train_seconds'])} |",
-              f"| throughput | {h['images_per_second']:.0f} images/s |",
-              f"| kNN top-1 | {_knn_text(h['knn_top1'], h['knn_top1_random_init'], h['knn_epoch'])} |",
-              f"| final loss | {h['loss']:.4f} |",
-              f"| z-std | {_zstd_text(h['z_std'], h['z_std_healthy'])} |",
-              f"| collapsed | {_yes_no(h['collapsed'])} |", ""]
+        lines += [
+            f"**Unfinished run** (no summary.json): numbers are from the last finished epoch, "
+            f"{h['epochs_done']} of {h['epochs']}.",
+            "",
+        ]
+    lines += [
+        "| | |",
+        "|---|---|",
+        f"| method | {h['method']} |",
+        f"| dataset | {h['dataset']} |",
+        f"| epochs | {h['epochs_done']} of {h['epochs']} |",
+        f"| training time | {_duration(h['train_seconds'])} |",
+        f"| throughput | {h['images_per_second']:.0f} images/s |",
+        f"| kNN top-1 | {_knn_text(h['knn_top1'], h['knn_top1_random_init'], h['knn_epoch'])} |",
+        f"| final loss | {h['loss']:.4f} |",
+        f"| z-std | {_zstd_text(h['z_std'], h['z_std_healthy'])} |",
+        f"| collapsed | {_yes_no(h['collapsed'])} |",
+        "",
+    ]
     for name, heading, caption in figures:
         lines += [f"## {heading}", "", f"![{Path(name).stem}]({name})", ""] + ([caption, ""] if caption else [])
     if notes:
@@ -396,14 +447,19 @@ def _headline(metrics: list[dict], summary: dict | None, cfg: Config | None) -> 
     knn_rows = [m for m in metrics if m.get("knn_top1") is not None]
     cfg_d = cfg.to_dict() if cfg is not None else {}
     h = {
-        "method": cfg_d.get("method", "?"), "dataset": cfg_d.get("dataset", "?"),
-        "epochs": cfg_d.get("epochs", "?"), "epochs_done": last["epoch"],
+        "method": cfg_d.get("method", "?"),
+        "dataset": cfg_d.get("dataset", "?"),
+        "epochs": cfg_d.get("epochs", "?"),
+        "epochs_done": last["epoch"],
         "train_seconds": sum(m.get("epoch_seconds", 0.0) for m in metrics),
         "images_per_second": last.get("images_per_second", float("nan")),
-        "knn_top1": knn_rows[-1]["knn_top1"] if knn_rows else None, "knn_top1_random_init": None,
+        "knn_top1": knn_rows[-1]["knn_top1"] if knn_rows else None,
+        "knn_top1_random_init": None,
         "knn_epoch": knn_rows[-1]["epoch"] if knn_rows else None,  # shown while the run is unfinished
-        "loss": last.get("loss", float("nan")), "z_std": last.get("z_std"),
-        "z_std_healthy": last.get("z_std_healthy"), "collapsed": None,
+        "loss": last.get("loss", float("nan")),
+        "z_std": last.get("z_std"),
+        "z_std_healthy": last.get("z_std_healthy"),
+        "collapsed": None,
     }
     if cfg is not None and h["z_std"] is not None and h["z_std_healthy"]:
         h["collapsed"] = h["z_std"] < cfg.collapse_fraction * h["z_std_healthy"]

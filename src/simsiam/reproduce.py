@@ -26,8 +26,8 @@ most groups share trains once. Changed code (or `--fresh`) trains every variant 
 from __future__ import annotations
 
 import hashlib
-import re
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -54,8 +54,10 @@ def _batch(scale: str) -> list[Variant]:
     paper = {64: 66.1, 128: 67.3, 256: 68.1, 512: 68.1, 1024: 68.0, 2048: 67.9, 4096: 64.0}
     sizes = [32, 64, 128, 256] if scale == "cpu" else list(paper)
     warm = 1 if scale == "cpu" else 10  # 10 of 100 epochs in the paper, for batch >= 1024
-    return [Variant(f"batch {b}", dict(batch_size=b, **({"warmup_epochs": warm} if b >= 1024 else {})), paper.get(b))
-            for b in sizes]
+    return [
+        Variant(f"batch {b}", dict(batch_size=b, **({"warmup_epochs": warm} if b >= 1024 else {})), paper.get(b))
+        for b in sizes
+    ]
 
 
 def _kstep(scale: str) -> list[Variant]:
@@ -70,35 +72,52 @@ def _kstep(scale: str) -> list[Variant]:
 
 def _bn(scale: str) -> list[Variant]:
     warm = 1 if scale == "cpu" else 10  # "10-epoch warm-up for this entry only" (Table 3a)
-    return [Variant("none", dict(head_bn="none", warmup_epochs=warm), 34.6),
-            Variant("hidden only", dict(head_bn="hidden"), 67.4),
-            Variant("hidden + proj. output (default)", {}, 68.1),
-            Variant("also pred. output", dict(head_bn="all"), None)]  # paper: "unstable"
+    return [
+        Variant("none", dict(head_bn="none", warmup_epochs=warm), 34.6),
+        Variant("hidden only", dict(head_bn="hidden"), 67.4),
+        Variant("hidden + proj. output (default)", {}, 68.1),
+        Variant("also pred. output", dict(head_bn="all"), None),
+    ]  # paper: "unstable"
 
 
 GROUPS = {
-    "stop-gradient": lambda s: [Variant("with stop-gradient", {}, 67.7),
-                                Variant("without stop-gradient", dict(stop_gradient=False), 0.1)],
-    "predictor": lambda s: [Variant("lr fixed (default)", {}, 68.1),
-                            Variant("lr decayed", dict(fix_pred_lr=False), 67.7),
-                            Variant("fixed random init", dict(fixed_predictor=True), 1.5),
-                            Variant("no predictor", dict(predictor=False), 0.1)],
+    "stop-gradient": lambda s: [
+        Variant("with stop-gradient", {}, 67.7),
+        Variant("without stop-gradient", dict(stop_gradient=False), 0.1),
+    ],
+    "predictor": lambda s: [
+        Variant("lr fixed (default)", {}, 68.1),
+        Variant("lr decayed", dict(fix_pred_lr=False), 67.7),
+        Variant("fixed random init", dict(fixed_predictor=True), 1.5),
+        Variant("no predictor", dict(predictor=False), 0.1),
+    ],
     "batch-size": _batch,
     "bn": _bn,
-    "similarity": lambda s: [Variant("cosine", {}, 68.1), Variant("cross-entropy", dict(similarity="cross-entropy"), 63.2)],
-    "symmetry": lambda s: [Variant("sym.", {}, 68.1), Variant("asym.", dict(symmetry="asym"), 64.8),
-                           Variant("asym. 2x", dict(symmetry="asym2x"), 67.3)],
-    "dim": lambda s: [Variant(f"d = {d}", dict(dim=d, pred_dim=d // 4), p)
-                      for d, p in [(256, 65.3), (512, 67.2), (1024, 67.5), (2048, 68.1)]],
+    "similarity": lambda s: [
+        Variant("cosine", {}, 68.1),
+        Variant("cross-entropy", dict(similarity="cross-entropy"), 63.2),
+    ],
+    "symmetry": lambda s: [
+        Variant("sym.", {}, 68.1),
+        Variant("asym.", dict(symmetry="asym"), 64.8),
+        Variant("asym. 2x", dict(symmetry="asym2x"), 67.3),
+    ],
+    "dim": lambda s: [
+        Variant(f"d = {d}", dict(dim=d, pred_dim=d // 4), p)
+        for d, p in [(256, 65.3), (512, 67.2), (1024, 67.5), (2048, 68.1)]
+    ],
     "k-step": _kstep,
-    "moving-average": lambda s: [Variant("SimSiam (predictor)", {}, 68.1),
-                                 Variant("no predictor", dict(predictor=False), 0.1),
-                                 Variant("no predictor + moving-average eta (m 0.8)",
-                                         dict(predictor=False, target_memory=True), 55.0)],
+    "moving-average": lambda s: [
+        Variant("SimSiam (predictor)", {}, 68.1),
+        Variant("no predictor", dict(predictor=False), 0.1),
+        Variant("no predictor + moving-average eta (m 0.8)", dict(predictor=False, target_memory=True), 55.0),
+    ],
 }
 
 
-def configs(group: str, scale: str = "cpu", preset: str | None = None, seed: int = 0, **common) -> list[tuple[Variant, Config]]:
+def configs(
+    group: str, scale: str = "cpu", preset: str | None = None, seed: int = 0, **common
+) -> list[tuple[Variant, Config]]:
     """The (variant, config) pairs of a group; `common` overrides every variant (e.g. data_dir)."""
     if group not in GROUPS:
         raise ConfigError(f"unknown experiment {group!r}; choose one of {', '.join(GROUPS)} or all")
@@ -116,16 +135,32 @@ def _slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
 
 
-def run_group(group: str, out: str | Path, scale: str = "cpu", seeds: int = 1, preset: str | None = None,
-              log=print, fresh: bool = False, **common) -> dict:
+def run_group(
+    group: str,
+    out: str | Path,
+    scale: str = "cpu",
+    seeds: int = 1,
+    preset: str | None = None,
+    log=print,
+    fresh: bool = False,
+    **common,
+) -> dict:
     """Train every variant of `group` (skipping finished ones) and write OUT/<group>/{results.json,
     table.md, z_std.png}. Returns the results with the checks of the paper's claims."""
     root = Path(out) / group
-    jobs = [(v, cfg, root / (_slug(v.label) + (f"-seed{seed}" if seeds > 1 else "")))
-            for seed in range(seeds) for v, cfg in configs(group, scale, preset, seed, **common)]
+    jobs = [
+        (v, cfg, root / (_slug(v.label) + (f"-seed{seed}" if seeds > 1 else "")))
+        for seed in range(seeds)
+        for v, cfg in configs(group, scale, preset, seed, **common)
+    ]
     rows = run_variants(jobs, Path(out) / "index.json", log, group, fresh=fresh)
-    results = {"group": group, "scale": scale, "date": time.strftime("%Y-%m-%d"), "rows": rows,
-               "variants": _aggregate(rows)}
+    results = {
+        "group": group,
+        "scale": scale,
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+        "variants": _aggregate(rows),
+    }
     results["checks"] = CHECKS.get(group, lambda r: [])(results["variants"])
     (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (root / "table.md").write_text(markdown(results))
@@ -133,8 +168,14 @@ def run_group(group: str, out: str | Path, scale: str = "cpu", seeds: int = 1, p
     return results
 
 
-def run_variants(jobs: list[tuple[Variant, Config, Path]], index_path: Path, log=print, name: str = "",
-                 runner=None, fresh: bool = False) -> list[dict]:
+def run_variants(
+    jobs: list[tuple[Variant, Config, Path]],
+    index_path: Path,
+    log=print,
+    name: str = "",
+    runner=None,
+    fresh: bool = False,
+) -> list[dict]:
     """Train each (variant, config, run_dir) unless a run of the same configuration finished under
     the index with the same simsiam source code (then its summary is reused); `fresh` retrains
     regardless. `runner(cfg) -> summary` defaults to `train`."""
@@ -192,17 +233,21 @@ def _aggregate(rows: list[dict]) -> dict:
     out: dict[str, dict] = {}
     for r in rows:
         out.setdefault(r["variant"], {"runs": []})["runs"].append(r)
-    for label, v in out.items():
+    for v in out.values():
         runs = v.pop("runs")
         knn = [100 * r["knn_top1"] for r in runs if r.get("knn_top1") is not None]
         v.update(
             knn=statistics.mean(knn) if knn else None,
             knn_std=statistics.stdev(knn) if len(knn) > 1 else None,
-            knn_random=100 * runs[0]["knn_top1_random_init"] if runs[0].get("knn_top1_random_init") is not None else None,
+            knn_random=100 * runs[0]["knn_top1_random_init"]
+            if runs[0].get("knn_top1_random_init") is not None
+            else None,
             z_ratio=statistics.mean(r["z_std"] / r["z_std_healthy"] for r in runs),
             loss=statistics.mean(r["loss"] for r in runs),
             collapsed=any(r["collapsed"] for r in runs),
-            seeds=len(runs), paper=runs[0]["paper"], seconds=statistics.mean(r["train_seconds"] for r in runs),
+            seeds=len(runs),
+            paper=runs[0]["paper"],
+            seconds=statistics.mean(r["train_seconds"] for r in runs),
             scale=_scale_text(runs[0]),
         )
     return out
@@ -213,6 +258,7 @@ def _scale_text(r: dict) -> str:
 
 
 # --- the paper's claims, checked on the measured variants ------------------------------------
+
 
 def _check(claim: str, ok: bool, detail: str) -> dict:
     return {"claim": claim, "held": bool(ok), "detail": detail}
@@ -226,7 +272,11 @@ def _stop_gradient(v: dict) -> list[dict]:
     w, wo = v["with stop-gradient"], v["without stop-gradient"]
     return [
         _check("with stop-gradient: no collapse", not w["collapsed"], f"z-std {w['z_ratio']:.2f} x 1/sqrt(d)"),
-        _check("without stop-gradient: collapse", wo["collapsed"], f"z-std {wo['z_ratio']:.2f} x 1/sqrt(d), loss {wo['loss']:.3f}"),
+        _check(
+            "without stop-gradient: collapse",
+            wo["collapsed"],
+            f"z-std {wo['z_ratio']:.2f} x 1/sqrt(d), loss {wo['loss']:.3f}",
+        ),
         _check("without stop-gradient: kNN clearly below", wo["knn"] < w["knn"] - NOISE, f"{_k(wo)} vs {_k(w)}"),
     ]
 
@@ -235,23 +285,39 @@ def _predictor(v: dict) -> list[dict]:
     d, dec, fixed, none = (v[k] for k in ["lr fixed (default)", "lr decayed", "fixed random init", "no predictor"])
     return [
         _check("no predictor: collapse", none["collapsed"], f"z-std {none['z_ratio']:.2f} x 1/sqrt(d)"),
-        _check("fixed random predictor: kNN far under the default", fixed["knn"] < d["knn"] - 2 * NOISE,
-               f"{_k(fixed)} vs {_k(d)}"),
+        _check(
+            "fixed random predictor: kNN far under the default",
+            fixed["knn"] < d["knn"] - 2 * NOISE,
+            f"{_k(fixed)} vs {_k(d)}",
+        ),
         _check("predictor lr fixed >= decayed (within noise)", d["knn"] >= dec["knn"] - NOISE, f"{_k(d)} vs {_k(dec)}"),
     ]
 
 
 def _bn_check(v: dict) -> list[dict]:
     none, d = v["none"], v["hidden + proj. output (default)"]
-    return [_check("no BN in the heads: much worse than the default", none["knn"] < d["knn"] - 2 * NOISE,
-                   f"{_k(none)} vs {_k(d)}")]
+    return [
+        _check(
+            "no BN in the heads: much worse than the default",
+            none["knn"] < d["knn"] - 2 * NOISE,
+            f"{_k(none)} vs {_k(d)}",
+        )
+    ]
 
 
 def _moving_average(v: dict) -> list[dict]:
     mem, none = v["no predictor + moving-average eta (m 0.8)"], v["no predictor"]
     return [
-        _check("moving-average eta without predictor: no collapse", not mem["collapsed"], f"z-std {mem['z_ratio']:.2f} x 1/sqrt(d)"),
-        _check("moving-average eta: kNN well above no predictor", mem["knn"] > none["knn"] + 2 * NOISE, f"{_k(mem)} vs {_k(none)}"),
+        _check(
+            "moving-average eta without predictor: no collapse",
+            not mem["collapsed"],
+            f"z-std {mem['z_ratio']:.2f} x 1/sqrt(d)",
+        ),
+        _check(
+            "moving-average eta: kNN well above no predictor",
+            mem["knn"] > none["knn"] + 2 * NOISE,
+            f"{_k(mem)} vs {_k(none)}",
+        ),
     ]
 
 
@@ -259,24 +325,45 @@ def _kstep_check(v: dict) -> list[dict]:
     one, ten = v["1-step"], v["10-step"]
     return [
         _check("10-step alternation: no collapse", not ten["collapsed"], f"z-std {ten['z_ratio']:.2f} x 1/sqrt(d)"),
-        _check("10-step not worse than 1-step beyond noise", ten["knn"] >= one["knn"] - NOISE, f"{_k(ten)} vs {_k(one)}"),
+        _check(
+            "10-step not worse than 1-step beyond noise", ten["knn"] >= one["knn"] - NOISE, f"{_k(ten)} vs {_k(one)}"
+        ),
     ]
 
 
-CHECKS = {"stop-gradient": _stop_gradient, "predictor": _predictor, "bn": _bn_check,
-          "moving-average": _moving_average, "k-step": _kstep_check}
+CHECKS = {
+    "stop-gradient": _stop_gradient,
+    "predictor": _predictor,
+    "bn": _bn_check,
+    "moving-average": _moving_average,
+    "k-step": _kstep_check,
+}
 
 
 def markdown(results: dict) -> str:
-    lines = [f"### {results['group']} ({results['scale']} scale, {results['date']})", "",
-             "| variant | kNN top-1 (ours) | random init | z-std / (1/sqrt d) | collapsed | paper (ImageNet linear) | scale |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {results['group']} ({results['scale']} scale, {results['date']})",
+        "",
+        "| variant | kNN top-1 (ours) | random init | z-std / (1/sqrt d) | collapsed | paper (ImageNet linear) "
+        "| scale |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, v in results["variants"].items():
-        knn = "n/a" if v["knn"] is None else f"{v['knn']:.2f}" + (f" ± {v['knn_std']:.2f}" if v["knn_std"] is not None else "")
+        knn = (
+            "n/a"
+            if v["knn"] is None
+            else f"{v['knn']:.2f}" + (f" ± {v['knn_std']:.2f}" if v["knn_std"] is not None else "")
+        )
         rnd = "n/a" if v["knn_random"] is None else f"{v['knn_random']:.2f}"
-        paper = "unstable" if v["paper"] is None and "pred. output" in label else ("-" if v["paper"] is None else f"{v['paper']:.1f}")
-        lines.append(f"| {label} | {knn} | {rnd} | {v['z_ratio']:.2f} | {'yes' if v['collapsed'] else 'no'} | {paper} "
-                     f"| {v['scale']}, {v['seeds']} seed(s) |")
+        paper = (
+            "unstable"
+            if v["paper"] is None and "pred. output" in label
+            else ("-" if v["paper"] is None else f"{v['paper']:.1f}")
+        )
+        lines.append(
+            f"| {label} | {knn} | {rnd} | {v['z_ratio']:.2f} | {'yes' if v['collapsed'] else 'no'} | {paper} "
+            f"| {v['scale']}, {v['seeds']} seed(s) |"
+        )
     if results["checks"]:
         lines += ["", "| paper's claim | held here | measured |", "|---|---|---|"]
         lines += [f"| {c['claim']} | {'yes' if c['held'] else '**no**'} | {c['detail']} |" for c in results["checks"]]
@@ -293,7 +380,13 @@ def _plot(rows: list[dict], path: Path, group: str) -> None:
             curves[r["variant"]] = read_metrics(r["run_dir"])
     healthy = rows[0].get("z_std_healthy") if rows else None
     same_d = len({r["z_std_healthy"] for r in rows}) == 1
-    fig = plot_curves(curves, "z_std", f"{group}: std of l2-normalised z", "z-std",
-                      hline=healthy if same_d else None, scale_by_healthy=not same_d)
+    fig = plot_curves(
+        curves,
+        "z_std",
+        f"{group}: std of l2-normalised z",
+        "z-std",
+        hline=healthy if same_d else None,
+        scale_by_healthy=not same_d,
+    )
     if fig is not None:
         fig.savefig(path)

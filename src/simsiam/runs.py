@@ -29,28 +29,33 @@ def load_backbone(source: str | Path, device: str | torch.device = "cpu") -> tup
         if (source / "backbone.pt").exists():
             weights = torch.load(source / "backbone.pt", map_location="cpu", weights_only=True)
         elif (source / "checkpoint.pt").exists():
-            weights = _backbone_from_model(torch.load(source / "checkpoint.pt", map_location="cpu",
-                                                      weights_only=False)["model"])
+            weights = _backbone_from_model(
+                torch.load(source / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+            )
         else:
             raise DataError(f"{source} holds no backbone.pt or checkpoint.pt; has its first epoch finished?")
     elif source.is_file():
         try:
             state = torch.load(source, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-            raise DataError(f"cannot read checkpoint {source} ({type(e).__name__}); is it a torch checkpoint?") from None
+            raise DataError(
+                f"cannot read checkpoint {source} ({type(e).__name__}); is it a torch checkpoint?"
+            ) from None
         cfg, weights = _from_checkpoint_dict(state, source)
     else:
         raise DataError(f"{source} does not exist; give a run directory or a checkpoint file")
     backbone, _ = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width)
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise DataError(f"{source}: weights do not fit a {cfg.arch} (width {cfg.width}, cifar_stem {cfg.cifar_stem}); "
-                        f"missing {missing[:2]}, unexpected {unexpected[:2]}")
+        raise DataError(
+            f"{source}: weights do not fit a {cfg.arch} (width {cfg.width}, cifar_stem {cfg.cifar_stem}); "
+            f"missing {missing[:2]}, unexpected {unexpected[:2]}"
+        )
     return backbone.to(device).eval(), cfg
 
 
 def _backbone_from_model(model_state: dict) -> dict:
-    return {k[len("backbone."):]: v for k, v in model_state.items() if k.startswith("backbone.")}
+    return {k[len("backbone.") :]: v for k, v in model_state.items() if k.startswith("backbone.")}
 
 
 def _from_checkpoint_dict(state: dict, source: Path) -> tuple[Config, dict]:
@@ -59,17 +64,30 @@ def _from_checkpoint_dict(state: dict, source: Path) -> tuple[Config, dict]:
     sd = state.get("state_dict") if isinstance(state, dict) else None
     if isinstance(sd, dict) and any(k.startswith(OFFICIAL_PREFIX) for k in sd):
         # Official format: encoder = torchvision ResNet whose fc is the projector; drop the fc.
-        weights = {k[len(OFFICIAL_PREFIX):]: v for k, v in sd.items()
-                   if k.startswith(OFFICIAL_PREFIX) and not k.startswith(OFFICIAL_PREFIX + "fc.")}
+        weights = {
+            k[len(OFFICIAL_PREFIX) :]: v
+            for k, v in sd.items()
+            if k.startswith(OFFICIAL_PREFIX) and not k.startswith(OFFICIAL_PREFIX + "fc.")
+        }
         arch = state.get("arch", "resnet50")
         cifar_stem = tuple(weights["conv1.weight"].shape[-2:]) == (3, 3)
         # The data is not recorded in that format: evaluation must be given --data-dir.
-        cfg = Config.from_dict({**PRESETS["imagenet"], "arch": arch, "cifar_stem": cifar_stem, "dataset": "digits",
-                                "image_size": 32 if cifar_stem else 224, "load_size": 0 if cifar_stem else PRESETS["imagenet"]["load_size"],
-                                "preset": OFFICIAL})
+        cfg = Config.from_dict(
+            {
+                **PRESETS["imagenet"],
+                "arch": arch,
+                "cifar_stem": cifar_stem,
+                "dataset": "digits",
+                "image_size": 32 if cifar_stem else 224,
+                "load_size": 0 if cifar_stem else PRESETS["imagenet"]["load_size"],
+                "preset": OFFICIAL,
+            }
+        )
         return cfg, weights
-    raise DataError(f"{source} is neither a simsiam checkpoint nor an official SimSiam one "
-                    "(`state_dict` with module.encoder.* keys)")
+    raise DataError(
+        f"{source} is neither a simsiam checkpoint nor an official SimSiam one "
+        "(`state_dict` with module.encoder.* keys)"
+    )
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

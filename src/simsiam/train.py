@@ -63,8 +63,9 @@ def build_model(cfg: Config) -> torch.nn.Module:
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
     """SGD at lr = base_lr x batch/256 on every group; weight decay on all parameters (Sec. 3)."""
-    groups = [dict(g, lr=cfg.scaled_lr, fix_lr=g["fix_lr"] and cfg.fix_pred_lr)
-              for g in model.param_groups() if g["params"]]
+    groups = [
+        dict(g, lr=cfg.scaled_lr, fix_lr=g["fix_lr"] and cfg.fix_pred_lr) for g in model.param_groups() if g["params"]
+    ]
     return torch.optim.SGD(groups, lr=cfg.scaled_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
@@ -100,14 +101,17 @@ def save_checkpoint(path: Path, state: dict) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise TrainingError(f"could not write checkpoint {path} ({e.strerror or e}); free disk space or "
-                            f"choose another --run-dir; the previous checkpoint is intact") from None
+        raise TrainingError(
+            f"could not write checkpoint {path} ({e.strerror or e}); free disk space or "
+            f"choose another --run-dir; the previous checkpoint is intact"
+        ) from None
 
 
 def _git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -123,7 +127,9 @@ def train(cfg: Config) -> dict:
     cfg = cfg.replace(run_dir=str(run_dir))
     ckpt_path = run_dir / CHECKPOINT
     if cfg.resume and not ckpt_path.exists():
-        raise TrainingError(f"--resume: no {CHECKPOINT} in {run_dir}; start without --resume or give the right --run-dir")
+        raise TrainingError(
+            f"--resume: no {CHECKPOINT} in {run_dir}; start without --resume or give the right --run-dir"
+        )
     if not cfg.resume and ckpt_path.exists():
         raise TrainingError(f"{run_dir} already holds a run; add --resume to continue it or choose another --run-dir")
 
@@ -137,11 +143,13 @@ def train(cfg: Config) -> dict:
     log(f"data: {len(bank_set)} train + {len(test_set)} test images loaded in {time.perf_counter() - t_load:.1f} s")
     train_set = bank_set
     if cfg.subset is not None and cfg.subset < len(train_set):
-        pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.subset]
+        pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.subset]
         train_set = train_set.select(pick.sort().values)
     if len(train_set) < cfg.batch_size:
-        raise DataError(f"--batch-size {cfg.batch_size} is larger than the {len(train_set)} training images; "
-                        f"lower --batch-size or use more data")
+        raise DataError(
+            f"--batch-size {cfg.batch_size} is larger than the {len(train_set)} training images; "
+            f"lower --batch-size or use more data"
+        )
     # kNN needs labels: the bank and the queries are the labelled images only (STL-10's unlabeled
     # split and flat folders train but are not evaluated).
     bank_set, test_set = bank_set.labeled(), test_set.labeled()
@@ -169,8 +177,17 @@ def train(cfg: Config) -> dict:
     def knn() -> float | None:
         if not has_labels:
             return None
-        return knn_accuracy(model.backbone, bank_set, test_set, cfg.image_size, cfg.mean, cfg.std,
-                            cfg.knn_k, cfg.knn_t, channels_last=cfg.channels_last)
+        return knn_accuracy(
+            model.backbone,
+            bank_set,
+            test_set,
+            cfg.image_size,
+            cfg.mean,
+            cfg.std,
+            cfg.knn_k,
+            cfg.knn_t,
+            channels_last=cfg.channels_last,
+        )
 
     start_epoch, train_seconds, knn_random = 0, 0.0, None
     if cfg.resume:
@@ -179,8 +196,10 @@ def train(cfg: Config) -> dict:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as e:
-            raise TrainingError(f"{ckpt_path} does not match this configuration ({str(e).splitlines()[0]}); "
-                                "resume with the run's own options") from None
+            raise TrainingError(
+                f"{ckpt_path} does not match this configuration ({str(e).splitlines()[0]}); "
+                "resume with the run's own options"
+            ) from None
         gen.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
         if memory is not None:
             memory.load_state_dict(state["memory"])
@@ -195,13 +214,26 @@ def train(cfg: Config) -> dict:
             memory.fill(model.encoder, train_set, augment, gen, cfg.batch_size, memory_format)
 
     (run_dir / "config.json").write_text(json.dumps(cfg.replace(resume=False).to_dict(), indent=2) + "\n")
-    (run_dir / "run.json").write_text(json.dumps({
-        "git_sha": _git_sha(), "command": sys.argv, "torch": torch.__version__, "python": platform.python_version(),
-        "device": str(device), "bf16": bf16, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }, indent=2) + "\n")
-    log(f"{cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} test images), "
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "git_sha": _git_sha(),
+                "command": sys.argv,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "device": str(device),
+                "bf16": bf16,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    log(
+        f"{cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} test images), "
         f"{cfg.arch} width {cfg.width}, batch {cfg.batch_size}, lr {cfg.scaled_lr:g}, {cfg.epochs} epochs, "
-        f"{device}{' bf16' if bf16 else ''}, data {placement} -> {run_dir}")
+        f"{device}{' bf16' if bf16 else ''}, data {placement} -> {run_dir}"
+    )
 
     writer = _tensorboard(run_dir) if cfg.tensorboard else None
     low_epochs = 0  # consecutive epochs with z-std under the collapse threshold
@@ -209,8 +241,14 @@ def train(cfg: Config) -> dict:
     total_steps = steps_per_epoch * cfg.epochs
     block = block_length(cfg.alternation, steps_per_epoch)  # k-step alternation (0 = off)
     pairs = 2 if cfg.symmetry == "asym2x" else 1  # Sec. 4.6: asym. 2x draws two pairs per image
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, unit="step", dynamic_ncols=True,
-               mininterval=1.0, file=sys.stderr)
+    bar = tqdm(
+        total=total_steps,
+        initial=start_epoch * steps_per_epoch,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+        file=sys.stderr,
+    )
     model.train()
     last = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -227,12 +265,14 @@ def train(cfg: Config) -> dict:
         for step, images in enumerate(batches):
             set_lr(optimizer, *lr_at(cfg, epoch, step, steps_per_epoch))
             images = images.to(device, non_blocking=True)  # a no-op when the data lives on the device
-            index = perm[step * bs:(step + 1) * bs]
+            index = perm[step * bs : (step + 1) * bs]
             extra = {}
             if block and step % block == 0:  # Sec. 5.2: eta for the next `block` steps, then replay their views
                 replay = gen.get_state()
-                future = [views(train_set.take(perm[j * bs:(j + 1) * bs]))
-                          for j in range(step, min(step + block, steps_per_epoch))]
+                future = [
+                    views(train_set.take(perm[j * bs : (j + 1) * bs]))
+                    for j in range(step, min(step + block, steps_per_epoch))
+                ]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     etas = block_targets(model.encoder, future)
                 gen.set_state(replay)
@@ -245,8 +285,10 @@ def train(cfg: Config) -> dict:
             for _ in range(pairs):
                 x1, x2 = views(images)
                 if cfg.small_crops:  # multi-crop (SwAV): drawn after the two large views
-                    extra["small"] = [x.contiguous(memory_format=memory_format)
-                                      for x in augment.small_views(images, gen, cfg.small_crops)]
+                    extra["small"] = [
+                        x.contiguous(memory_format=memory_format)
+                        for x in augment.small_views(images, gen, cfg.small_crops)
+                    ]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     outs.append(model(x1, x2, **extra))
             out = outs[0] if pairs == 1 else dict(outs[0], loss=sum(o["loss"] for o in outs) / pairs)
@@ -270,8 +312,12 @@ def train(cfg: Config) -> dict:
                     global_step = epoch * steps_per_epoch + step + 1
                     writer.add_scalar("step/loss", loss_now, global_step)
                     writer.add_scalar("step/z_std", out["z_std"].item(), global_step)
-                bar.set_postfix(loss=f"{loss_now:.4f}", z_std=f"{out['z_std'].item():.4f}",
-                                img_s=f"{(step + 1) * cfg.batch_size / elapsed:.0f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{loss_now:.4f}",
+                    z_std=f"{out['z_std'].item():.4f}",
+                    img_s=f"{(step + 1) * cfg.batch_size / elapsed:.0f}",
+                    refresh=False,
+                )
         _check_finite(out["loss"], epoch, step, cfg)  # never checkpoint a non-finite epoch
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
@@ -287,16 +333,21 @@ def train(cfg: Config) -> dict:
         }
         if has_labels and (epoch + 1 == cfg.epochs or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):
             last["knn_top1"] = knn()
-            log(f"epoch {epoch + 1}: loss {last['loss']:.4f}, z-std {last['z_std']:.4f}, "
-                f"kNN top-1 {100 * last['knn_top1']:.2f}%")
+            log(
+                f"epoch {epoch + 1}: loss {last['loss']:.4f}, z-std {last['z_std']:.4f}, "
+                f"kNN top-1 {100 * last['knn_top1']:.2f}%"
+            )
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(last) + "\n")
         low_epochs = low_epochs + 1 if last["z_std"] < cfg.collapse_fraction * z_healthy else 0
         if low_epochs == cfg.collapse_patience:
-            log(f"warning: looks collapsed: z-std {last['z_std']:.4f} has been under {cfg.collapse_fraction:g} x "
-                f"1/sqrt(d) = {cfg.collapse_fraction * z_healthy:.4f} for {low_epochs} epochs (loss {last['loss']:.3f}). "
+            log(
+                f"warning: looks collapsed: z-std {last['z_std']:.4f} has been under {cfg.collapse_fraction:g} x "
+                f"1/sqrt(d) = {cfg.collapse_fraction * z_healthy:.4f} for {low_epochs} epochs "
+                f"(loss {last['loss']:.3f}). "
                 "Likely causes: no stop-gradient or no predictor (the paper's collapse cases), an lr too high, "
-                "or BN removed from the heads.")
+                "or BN removed from the heads."
+            )
         if writer is not None:
             for key, value in last.items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -304,11 +355,19 @@ def train(cfg: Config) -> dict:
             for name, value in last["lr_groups"].items():
                 writer.add_scalar(f"lr/{name}", value, epoch + 1)
             writer.flush()
-        save_checkpoint(ckpt_path, {
-            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "generator": gen.get_state(), "train_seconds": train_seconds, "knn_random_init": knn_random,
-            "config": cfg.to_dict(), "memory": memory.state_dict() if memory is not None else None,
-        })
+        save_checkpoint(
+            ckpt_path,
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": gen.get_state(),
+                "train_seconds": train_seconds,
+                "knn_random_init": knn_random,
+                "config": cfg.to_dict(),
+                "memory": memory.state_dict() if memory is not None else None,
+            },
+        )
     bar.close()
     if writer is not None:
         writer.close()
@@ -319,15 +378,27 @@ def train(cfg: Config) -> dict:
             last["knn_top1"] = knn()
     torch.save(model.backbone.state_dict(), run_dir / "backbone.pt")
     summary = {
-        "method": cfg.method, "dataset": cfg.dataset, "data_dir": cfg.data_dir, "preset": cfg.preset,
-        "arch": cfg.arch, "width": cfg.width, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-        "num_train": len(train_set), "num_test": len(test_set),
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "data_dir": cfg.data_dir,
+        "preset": cfg.preset,
+        "arch": cfg.arch,
+        "width": cfg.width,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "num_train": len(train_set),
+        "num_test": len(test_set),
         "train_seconds": train_seconds,
         "images_per_second": total_steps * cfg.batch_size / max(train_seconds, 1e-9),
-        "knn_top1": last.get("knn_top1"), "knn_top1_random_init": knn_random,
-        "loss": last["loss"], "z_std": last["z_std"], "z_std_healthy": z_healthy,
+        "knn_top1": last.get("knn_top1"),
+        "knn_top1_random_init": knn_random,
+        "loss": last["loss"],
+        "z_std": last["z_std"],
+        "z_std_healthy": z_healthy,
         "collapsed": last["z_std"] < cfg.collapse_fraction * z_healthy,
-        "device": str(device), "precision": "bf16" if bf16 else "fp32", "run_dir": str(run_dir),
+        "device": str(device),
+        "precision": "bf16" if bf16 else "fp32",
+        "run_dir": str(run_dir),
         **peak_memory(device),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -366,6 +437,8 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int, cfg: Config) -> flo
     value = loss.item()
     if not math.isfinite(value):
         kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "no checkpoint was written yet"
-        raise TrainingError(f"loss is {value} at epoch {epoch + 1}, step {step + 1}; lower --lr (now {cfg.lr:g}) "
-                            f"or check the data; {kept}")
+        raise TrainingError(
+            f"loss is {value} at epoch {epoch + 1}, step {step + 1}; lower --lr (now {cfg.lr:g}) "
+            f"or check the data; {kept}"
+        )
     return value

@@ -44,16 +44,32 @@ class Augment:
     small_scale: tuple[float, float] = (0.05, 0.14)
 
     @classmethod
-    def from_config(cls, cfg) -> "Augment":
-        return cls(cfg.image_size, cfg.crop_scale, cfg.crop_ratio, cfg.hflip, cfg.jitter, cfg.jitter_p,
-                   cfg.gray_p, cfg.blur_p, cfg.blur_sigma, cfg.solarize_p, cfg.mean, cfg.std, cfg.blur_p2,
-                   cfg.solarize_p2, cfg.small_crop_size, cfg.small_crop_scale)
+    def from_config(cls, cfg) -> Augment:
+        return cls(
+            cfg.image_size,
+            cfg.crop_scale,
+            cfg.crop_ratio,
+            cfg.hflip,
+            cfg.jitter,
+            cfg.jitter_p,
+            cfg.gray_p,
+            cfg.blur_p,
+            cfg.blur_sigma,
+            cfg.solarize_p,
+            cfg.mean,
+            cfg.std,
+            cfg.blur_p2,
+            cfg.solarize_p2,
+            cfg.small_crop_size,
+            cfg.small_crop_scale,
+        )
 
     def two_views(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         second = self
         if self.blur_p2 is not None or self.solarize_p2 is not None:
-            second = replace(self, blur_p=_given(self.blur_p2, self.blur_p),
-                             solarize_p=_given(self.solarize_p2, self.solarize_p))
+            second = replace(
+                self, blur_p=_given(self.blur_p2, self.blur_p), solarize_p=_given(self.solarize_p2, self.solarize_p)
+            )
         return self(images, g), second(images, g)
 
     def small_views(self, images: torch.Tensor, g: torch.Generator, n: int) -> list[torch.Tensor]:
@@ -131,8 +147,7 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.
     idx = small.nonzero().squeeze(1)
     if idx.numel() == 0:
         return out
-    return torch.cat([out, _upscale_crop(x[idx], boxes[idx], size)]).index_select(
-        0, torch.cat([big, idx]).argsort())
+    return torch.cat([out, _upscale_crop(x[idx], boxes[idx], size)]).index_select(0, torch.cat([big, idx]).argsort())
 
 
 def _upscale_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
@@ -144,8 +159,7 @@ def _upscale_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tens
     py = boxes[:, 1:2] + steps * (boxes[:, 3:4] - boxes[:, 1:2]) - 0.5
     gx = ((2 * px + 1) / width - 1).unsqueeze(1).expand(n, size, size)
     gy = ((2 * py + 1) / height - 1).unsqueeze(2).expand(n, size, size)
-    return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border",
-                         align_corners=False)
+    return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -160,8 +174,10 @@ def color_jitter(x: torch.Tensor, apply: torch.Tensor, strength, rand) -> torch.
     n = x.shape[0]
     b, c, s, h = strength
     uniform = lambda lo, hi: lo + (hi - lo) * rand(n)  # noqa: E731
-    factors = torch.stack([uniform(max(0, 1 - b), 1 + b), uniform(max(0, 1 - c), 1 + c),
-                           uniform(max(0, 1 - s), 1 + s), uniform(-h, h)], dim=1)
+    factors = torch.stack(
+        [uniform(max(0, 1 - b), 1 + b), uniform(max(0, 1 - c), 1 + c), uniform(max(0, 1 - s), 1 + s), uniform(-h, h)],
+        dim=1,
+    )
     order = rand(n, 4).argsort(dim=1)  # a random permutation of the ops per sample
     order = torch.where(apply.unsqueeze(1), order, torch.full_like(order, -1))  # -1: not jittered
     ops = [_brightness, _contrast, _saturation, _hue]
@@ -250,9 +266,14 @@ def prepare(images: torch.Tensor, size: int, mean, std) -> torch.Tensor:
     h, w = x.shape[-2:]
     if min(h, w) < size:
         scale = size / min(h, w)
-        x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))),
-                          mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x,
+            size=(max(size, round(h * scale)), max(size, round(w * scale))),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
     if x.shape[-2:] != (size, size):
         top, left = (int(round((n - size) / 2.0)) for n in x.shape[-2:])  # torchvision's CenterCrop offsets
-        x = x[..., top:top + size, left:left + size]
+        x = x[..., top : top + size, left : left + size]
     return normalize(x, mean, std)

@@ -40,13 +40,13 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def select(self, idx: torch.Tensor) -> "ImageSet":
+    def select(self, idx: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[idx], self.labels[idx], self.classes)
 
-    def to(self, device) -> "ImageSet":
+    def to(self, device) -> ImageSet:
         return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
 
-    def labeled(self) -> "ImageSet":
+    def labeled(self) -> ImageSet:
         """The images with a label (the kNN bank / evaluation set)."""
         return self.select(torch.nonzero(self.labels >= 0).flatten())
 
@@ -59,7 +59,7 @@ class ImageSet:
         order = torch.arange(len(self), device=self.images.device) if order is None else order.to(self.images.device)
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         for i in range(0, stop, batch_size):
-            yield self.images[order[i:i + batch_size]]
+            yield self.images[order[i : i + batch_size]]
 
 
 @dataclass
@@ -67,6 +67,7 @@ class FileSet:
     """Images left on disk and decoded by DataLoader workers batch by batch (`--placement stream`),
     for folders too large to hold decoded in memory. Same interface as ImageSet; a file that cannot
     be decoded is dropped from its batch and counted."""
+
     paths: list[str]
     labels: torch.Tensor  # int64 (N,), UNLABELED where unknown
     classes: list[str]
@@ -76,14 +77,14 @@ class FileSet:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def select(self, idx: torch.Tensor) -> "FileSet":
+    def select(self, idx: torch.Tensor) -> FileSet:
         idx = torch.as_tensor(idx).flatten().tolist()
         return FileSet([self.paths[i] for i in idx], self.labels[idx], self.classes, self.size, self.strict)
 
-    def to(self, device) -> "FileSet":
+    def to(self, device) -> FileSet:
         return self  # batches move to the device as they are drawn
 
-    def labeled(self) -> "FileSet":
+    def labeled(self) -> FileSet:
         return self.select(torch.nonzero(self.labels >= 0).flatten())
 
     def take(self, idx) -> torch.Tensor:
@@ -94,8 +95,13 @@ class FileSet:
         from torch.utils.data import BatchSampler, DataLoader
 
         order = torch.arange(len(self)) if order is None else order.cpu()
-        loader = DataLoader(_Decode(self.paths, self.size, self.strict), num_workers=workers, collate_fn=_stack_good,
-                            batch_sampler=BatchSampler(order.tolist(), batch_size, drop_last), pin_memory=False)
+        loader = DataLoader(
+            _Decode(self.paths, self.size, self.strict),
+            num_workers=workers,
+            collate_fn=_stack_good,
+            batch_sampler=BatchSampler(order.tolist(), batch_size, drop_last),
+            pin_memory=False,
+        )
         bad = 0
         for images, n_bad in loader:
             bad += n_bad
@@ -130,8 +136,15 @@ def load_splits(cfg) -> tuple[ImageSet, ImageSet]:
     cache = cache_root(cfg.cache_dir) if cfg.cache else None
     if cfg.dataset in TORCHVISION_SETS and not (cfg.data_dir and _has_split_folders(cfg.data_dir)):
         return load_torchvision(cfg.dataset, cfg.data_dir, cfg.stored_size, cfg.cache_dir)
-    return load_folder(cfg.data_dir, cfg.stored_size, cfg.holdout, strict=cfg.strict, cache=cache,
-                       placement=cfg.placement, memory_budget_gb=cfg.memory_budget_gb)
+    return load_folder(
+        cfg.data_dir,
+        cfg.stored_size,
+        cfg.holdout,
+        strict=cfg.strict,
+        cache=cache,
+        placement=cfg.placement,
+        memory_budget_gb=cfg.memory_budget_gb,
+    )
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -158,6 +171,7 @@ def holdout_split(data: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet]:
 
 # --- torchvision datasets ------------------------------------------------------------------------
 
+
 def load_torchvision(name: str, root: str | None, size: int, cache_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
     """CIFAR-10/100 (train/test) or STL-10 (unlabeled + train for pretraining, test for queries)
     through torchvision: an existing copy under `root`, or downloaded (with torchvision's checksum
@@ -169,8 +183,10 @@ def load_torchvision(name: str, root: str | None, size: int, cache_dir: str | No
     download = root is None
     root = root or str(cache_root(cache_dir) / name)
     if not download and not os.path.isdir(root):
-        raise DataError(f"data folder {root} does not exist; give --data-dir the folder that holds {name} "
-                        "(torchvision layout or train/ and test/ class folders), or omit it to download")
+        raise DataError(
+            f"data folder {root} does not exist; give --data-dir the folder that holds {name} "
+            "(torchvision layout or train/ and test/ class folders), or omit it to download"
+        )
     try:
         if name == "stl10":
             unlabeled = tvd.STL10(root, split="unlabeled", download=download)
@@ -186,33 +202,56 @@ def load_torchvision(name: str, root: str | None, size: int, cache_dir: str | No
             tr = (train.data.transpose(0, 3, 1, 2), np.asarray(train.targets))
             te = (test.data.transpose(0, 3, 1, 2), np.asarray(test.targets))
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
-        raise DataError(f"{name} not found or corrupted under {root} ({str(e).splitlines()[0]}); point --data-dir "
-                        f"at the folder torchvision downloaded it to, or omit --data-dir to download") from None
+        raise DataError(
+            f"{name} not found or corrupted under {root} ({str(e).splitlines()[0]}); point --data-dir "
+            f"at the folder torchvision downloaded it to, or omit --data-dir to download"
+        ) from None
     except (URLError, OSError) as e:
-        raise DataError(f"could not download {name} into {root} ({e}); download it on a machine with internet "
-                        "and pass --data-dir") from None
-    return tuple(ImageSet(_resize_uint8(torch.from_numpy(np.ascontiguousarray(x)), size),
-                          torch.as_tensor(y, dtype=torch.int64), classes) for x, y in (tr, te))
+        raise DataError(
+            f"could not download {name} into {root} ({e}); download it on a machine with internet and pass --data-dir"
+        ) from None
+    return tuple(
+        ImageSet(
+            _resize_uint8(torch.from_numpy(np.ascontiguousarray(x)), size),
+            torch.as_tensor(y, dtype=torch.int64),
+            classes,
+        )
+        for x, y in (tr, te)
+    )
 
 
 def _resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     """Square uint8 images to size x size (antialiased); a no-op at the native size."""
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
-    out = [F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8) for i in range(0, len(x), chunk)]
+    out = [
+        F.interpolate(x[i : i + chunk].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        .round_()
+        .clamp_(0, 255)
+        .to(torch.uint8)
+        for i in range(0, len(x), chunk)
+    ]
     return torch.cat(out)
 
 
 def _has_split_folders(root: str) -> bool:
     return os.path.isdir(os.path.join(root, "train")) and any(
-        os.path.isdir(os.path.join(root, s)) for s in ("test", "val"))
+        os.path.isdir(os.path.join(root, s)) for s in ("test", "val")
+    )
 
 
 # --- image folders -------------------------------------------------------------------------------
 
-def load_folder(root: str, size: int, holdout: float = 0.2, strict: bool = False, cache: Path | None = None,
-                placement: str = "memory", memory_budget_gb: float = 8.0):
+
+def load_folder(
+    root: str,
+    size: int,
+    holdout: float = 0.2,
+    strict: bool = False,
+    cache: Path | None = None,
+    placement: str = "memory",
+    memory_budget_gb: float = 8.0,
+):
     """An ImageFolder tree (sub-folders = classes). With `train/` and `test/` (or `val/`)
     sub-folders those are the splits; otherwise a fixed fraction is held out as the test split.
     A folder with images but no class sub-folders is read as unlabeled (pretraining only).
@@ -220,25 +259,33 @@ def load_folder(root: str, size: int, holdout: float = 0.2, strict: bool = False
     placement: "memory" decodes everything once into uint8 tensors (cached); "stream" leaves the
     files on disk (FileSet); "auto" streams when the decoded images would exceed the budget."""
     if not root or not os.path.isdir(root):
-        raise DataError(f"data folder {root} does not exist; give --data-dir a folder of images (sub-folders = classes)")
+        raise DataError(
+            f"data folder {root} does not exist; give --data-dir a folder of images (sub-folders = classes)"
+        )
     dirs = [root]
     if _has_split_folders(root):
-        dirs = [os.path.join(root, "train"),
-                next(os.path.join(root, s) for s in ("test", "val") if os.path.isdir(os.path.join(root, s)))]
+        dirs = [
+            os.path.join(root, "train"),
+            next(os.path.join(root, s) for s in ("test", "val") if os.path.isdir(os.path.join(root, s))),
+        ]
     listed, classes = [], None
     for d in dirs:
         found, samples = _list_samples(d)
         if classes is not None and found != classes:
-            raise DataError(f"the classes of {d} ({len(found)}) differ from the training split's ({len(classes)}); "
-                            "give both splits the same class folders")
+            raise DataError(
+                f"the classes of {d} ({len(found)}) differ from the training split's ({len(classes)}); "
+                "give both splits the same class folders"
+            )
         classes = found
         listed.append(samples)
     n = sum(len(s) for s in listed)
     if placement == "auto":
         placement = "stream" if n * 3 * size * size > memory_budget_gb * 2**30 else "memory"
     if placement == "stream":
-        sets = [FileSet([p for p, _ in s], torch.tensor([y for _, y in s], dtype=torch.int64), classes, size, strict)
-                for s in listed]
+        sets = [
+            FileSet([p for p, _ in s], torch.tensor([y for _, y in s], dtype=torch.int64), classes, size, strict)
+            for s in listed
+        ]
     else:
         sets = [_decode_samples(d, s, classes, size, strict, cache) for d, s in zip(dirs, listed)]
     return tuple(sets) if len(sets) == 2 else holdout_split(sets[0], holdout)
@@ -277,8 +324,10 @@ def _decode_samples(root, samples, found, size, strict, cache) -> ImageSet:
         if cache:
             _save_cache(cache, key, images, labels, bad)
     if bad:
-        warn(f"skipped {len(bad)} unreadable image file(s) under {root}, e.g. {', '.join(bad[:3])} "
-             "(--strict stops at the first)")
+        warn(
+            f"skipped {len(bad)} unreadable image file(s) under {root}, e.g. {', '.join(bad[:3])} "
+            "(--strict stops at the first)"
+        )
     if len(labels) == 0:
         raise DataError(f"none of the {len(samples)} image files under {root} could be read; check the files")
     return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), found)
@@ -309,7 +358,9 @@ def decode_image(path: str, size: int) -> np.ndarray | None:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale, do not clip at 255
                 arr = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray((arr * (255.0 / max(arr.max(), 255.0) if arr.max() > 255 else 1.0)).astype(np.uint8))
+                im = Image.fromarray(
+                    (arr * (255.0 / max(arr.max(), 255.0) if arr.max() > 255 else 1.0)).astype(np.uint8)
+                )
             im = im.convert("RGB")
             if im.size != (size, size):
                 w, h = im.size
@@ -323,6 +374,7 @@ def decode_image(path: str, size: int) -> np.ndarray | None:
 
 
 # --- decode-once cache ---------------------------------------------------------------------------
+
 
 def _cache_key(samples, size: int) -> str:
     """Changes whenever a file is added, removed, renamed, relabelled, resized or touched."""

@@ -33,8 +33,17 @@ def ema_tau(tau_base: float, progress: float) -> float:
 
 
 class BYOL(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int = 2048, proj_hidden: int = 2048,
-                 proj_layers: int = 3, pred_dim: int = 512, tau_base: float = 0.99, predictor: bool = True):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        dim: int = 2048,
+        proj_hidden: int = 2048,
+        proj_layers: int = 3,
+        pred_dim: int = 512,
+        tau_base: float = 0.99,
+        predictor: bool = True,
+    ):
         super().__init__()
         self.backbone = backbone
         self.projector = projection_mlp(feature_dim, proj_hidden, dim, proj_layers, bn="hidden")
@@ -63,13 +72,23 @@ class BYOL(nn.Module):
             t.copy_(o)
 
     def param_groups(self) -> list[dict]:
-        return [{"name": "encoder", "params": list(self.encoder.parameters()), "fix_lr": False},
-                {"name": "predictor", "params": list(self.predictor.parameters()), "fix_lr": True}]
+        return [
+            {"name": "encoder", "params": list(self.encoder.parameters()), "fix_lr": False},
+            {"name": "predictor", "params": list(self.predictor.parameters()), "fix_lr": True},
+        ]
 
 
 def build(cfg, backbone: nn.Module, feature_dim: int) -> BYOL:
-    return BYOL(backbone, feature_dim, dim=cfg.dim, proj_hidden=cfg.proj_hidden, proj_layers=cfg.proj_layers,
-                pred_dim=cfg.pred_dim, tau_base=cfg.ema_tau, predictor=cfg.predictor)
+    return BYOL(
+        backbone,
+        feature_dim,
+        dim=cfg.dim,
+        proj_hidden=cfg.proj_hidden,
+        proj_layers=cfg.proj_layers,
+        pred_dim=cfg.pred_dim,
+        tau_base=cfg.ema_tau,
+        predictor=cfg.predictor,
+    )
 
 
 # BYOL's colour jitter (saturation 0.2) and its asymmetric solarize (view 1: 0, view 2: 0.2). Its

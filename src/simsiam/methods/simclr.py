@@ -40,9 +40,18 @@ def nt_xent(a1: torch.Tensor, a2: torch.Tensor, c1: torch.Tensor, c2: torch.Tens
 
 
 class SimCLR(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int = 2048, proj_hidden: int = 2048,
-                 proj_layers: int = 3, temperature: float = 0.2, predictor: bool = False, pred_dim: int = 512,
-                 stop_gradient: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        dim: int = 2048,
+        proj_hidden: int = 2048,
+        proj_layers: int = 3,
+        temperature: float = 0.2,
+        predictor: bool = False,
+        pred_dim: int = 512,
+        stop_gradient: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.projector = projection_mlp(feature_dim, proj_hidden, dim, proj_layers)
@@ -60,14 +69,24 @@ class SimCLR(nn.Module):
         return {"loss": loss, "z_std": z_std(z1), "z1": z1, "z2": z2, "p1": p1, "p2": p2}
 
     def param_groups(self) -> list[dict]:
-        return [{"name": "encoder", "params": list(self.encoder.parameters()), "fix_lr": False},
-                {"name": "predictor", "params": list(self.predictor.parameters()), "fix_lr": True}]
+        return [
+            {"name": "encoder", "params": list(self.encoder.parameters()), "fix_lr": False},
+            {"name": "predictor", "params": list(self.predictor.parameters()), "fix_lr": True},
+        ]
 
 
 def build(cfg, backbone: nn.Module, feature_dim: int) -> SimCLR:
-    return SimCLR(backbone, feature_dim, dim=cfg.dim, proj_hidden=cfg.proj_hidden, proj_layers=cfg.proj_layers,
-                  temperature=cfg.temperature, predictor=cfg.predictor, pred_dim=cfg.pred_dim,
-                  stop_gradient=cfg.stop_gradient)
+    return SimCLR(
+        backbone,
+        feature_dim,
+        dim=cfg.dim,
+        proj_hidden=cfg.proj_hidden,
+        proj_layers=cfg.proj_layers,
+        temperature=cfg.temperature,
+        predictor=cfg.predictor,
+        pred_dim=cfg.pred_dim,
+        stop_gradient=cfg.stop_gradient,
+    )
 
 
 # SimCLR itself: no predictor, no stop-gradient. T = 0.2 for every dataset: inside SimCLR's ImageNet

@@ -26,8 +26,11 @@ def projection_mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 3, bn: 
     mods: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers - 1):
-        mods += [nn.Linear(dim, hidden, bias=not hidden_bn), *([nn.BatchNorm1d(hidden)] if hidden_bn else []),
-                 nn.ReLU(inplace=True)]
+        mods += [
+            nn.Linear(dim, hidden, bias=not hidden_bn),
+            *([nn.BatchNorm1d(hidden)] if hidden_bn else []),
+            nn.ReLU(inplace=True),
+        ]
         dim = hidden
     mods += [nn.Linear(dim, out_dim, bias=not out_bn), *([nn.BatchNorm1d(out_dim, affine=False)] if out_bn else [])]
     return nn.Sequential(*mods)
@@ -38,8 +41,11 @@ def prediction_mlp(dim: int, pred_dim: int, bn: str = "default") -> nn.Sequentia
     Table 3 (d), bn="all", adds BN to the output ("unstable"); bn="none" drops the hidden BN."""
     hidden_bn = bn != "none"
     return nn.Sequential(
-        nn.Linear(dim, pred_dim, bias=not hidden_bn), *([nn.BatchNorm1d(pred_dim)] if hidden_bn else []),
-        nn.ReLU(inplace=True), nn.Linear(pred_dim, dim), *([nn.BatchNorm1d(dim)] if bn == "all" else []),
+        nn.Linear(dim, pred_dim, bias=not hidden_bn),
+        *([nn.BatchNorm1d(pred_dim)] if hidden_bn else []),
+        nn.ReLU(inplace=True),
+        nn.Linear(pred_dim, dim),
+        *([nn.BatchNorm1d(dim)] if bn == "all" else []),
     )
 
 
@@ -63,10 +69,22 @@ def z_std(z: torch.Tensor) -> torch.Tensor:
 
 
 class SimSiam(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int = 2048, pred_dim: int = 512,
-                 proj_layers: int = 3, proj_hidden: int = 2048, stop_gradient: bool = True,
-                 predictor: bool = True, concat_views: bool = False, head_bn: str = "default",
-                 similarity: str = "cosine", symmetric: bool = True, fixed_predictor: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        dim: int = 2048,
+        pred_dim: int = 512,
+        proj_layers: int = 3,
+        proj_hidden: int = 2048,
+        stop_gradient: bool = True,
+        predictor: bool = True,
+        concat_views: bool = False,
+        head_bn: str = "default",
+        similarity: str = "cosine",
+        symmetric: bool = True,
+        fixed_predictor: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.projector = projection_mlp(feature_dim, proj_hidden, dim, proj_layers, head_bn)
@@ -101,12 +119,27 @@ class SimSiam(nn.Module):
         A fixed predictor is left out, so neither SGD nor weight decay moves it."""
         return [
             {"name": "encoder", "params": list(self.encoder.parameters()), "fix_lr": False},
-            {"name": "predictor", "params": [p for p in self.predictor.parameters() if p.requires_grad], "fix_lr": True},
+            {
+                "name": "predictor",
+                "params": [p for p in self.predictor.parameters() if p.requires_grad],
+                "fix_lr": True,
+            },
         ]
 
 
 def build(cfg, backbone: nn.Module, feature_dim: int) -> SimSiam:
-    return SimSiam(backbone, feature_dim, dim=cfg.dim, pred_dim=cfg.pred_dim, proj_layers=cfg.proj_layers,
-                   proj_hidden=cfg.proj_hidden, stop_gradient=cfg.stop_gradient, predictor=cfg.predictor,
-                   concat_views=cfg.concat_views, head_bn=cfg.head_bn, similarity=cfg.similarity,
-                   symmetric=cfg.symmetry == "sym", fixed_predictor=cfg.fixed_predictor)
+    return SimSiam(
+        backbone,
+        feature_dim,
+        dim=cfg.dim,
+        pred_dim=cfg.pred_dim,
+        proj_layers=cfg.proj_layers,
+        proj_hidden=cfg.proj_hidden,
+        stop_gradient=cfg.stop_gradient,
+        predictor=cfg.predictor,
+        concat_views=cfg.concat_views,
+        head_bn=cfg.head_bn,
+        similarity=cfg.similarity,
+        symmetric=cfg.symmetry == "sym",
+        fixed_predictor=cfg.fixed_predictor,
+    )

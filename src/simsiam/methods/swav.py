@@ -37,10 +37,24 @@ def sinkhorn(scores: torch.Tensor, iters: int = 3, eps: float = 0.05) -> torch.T
 
 
 class SwAV(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int = 2048, proj_hidden: int = 2048,
-                 proj_layers: int = 3, prototypes: int = 3000, temperature: float = 0.1, sinkhorn_iters: int = 3,
-                 sinkhorn_eps: float = 0.05, freeze_epochs: int = 1, queue_size: int = 0, queue_start_epoch: int = 0,
-                 predictor: bool = False, pred_dim: int = 512, stop_gradient: bool = True):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        dim: int = 2048,
+        proj_hidden: int = 2048,
+        proj_layers: int = 3,
+        prototypes: int = 3000,
+        temperature: float = 0.1,
+        sinkhorn_iters: int = 3,
+        sinkhorn_eps: float = 0.05,
+        freeze_epochs: int = 1,
+        queue_size: int = 0,
+        queue_start_epoch: int = 0,
+        predictor: bool = False,
+        pred_dim: int = 512,
+        stop_gradient: bool = True,
+    ):
         super().__init__()
         self.backbone = backbone
         self.projector = projection_mlp(feature_dim, proj_hidden, dim, proj_layers, bn="hidden")
@@ -79,12 +93,13 @@ class SwAV(nn.Module):
         for i in range(2):  # the large views give codes; every other view predicts them
             q = self.codes(scores[i])
             others = [v for v in range(len(views)) if v != i]
-            loss = loss + sum(-(q * F.log_softmax(preds[v] / self.temperature, dim=1)).sum(dim=1).mean()
-                              for v in others) / len(others)
+            loss = loss + sum(
+                -(q * F.log_softmax(preds[v] / self.temperature, dim=1)).sum(dim=1).mean() for v in others
+            ) / len(others)
         if len(self.queue):
             with torch.no_grad():
                 new = F.normalize(torch.cat(z[:2]).float(), dim=1)  # 2N x C
-                self.queue.copy_(torch.cat([new, self.queue])[:len(self.queue)])
+                self.queue.copy_(torch.cat([new, self.queue])[: len(self.queue)])
                 self.queued += len(new)
         return {"loss": loss / 2, "z_std": z_std(z[0]), "z1": z[0], "z2": z[1]}
 
@@ -93,17 +108,30 @@ class SwAV(nn.Module):
             self.prototypes.weight.grad = None
 
     def param_groups(self) -> list[dict]:
-        return [{"name": "encoder", "params": [*self.encoder.parameters(), *self.prototypes.parameters()],
-                 "fix_lr": False},
-                {"name": "predictor", "params": list(self.predictor.parameters()), "fix_lr": True}]
+        return [
+            {"name": "encoder", "params": [*self.encoder.parameters(), *self.prototypes.parameters()], "fix_lr": False},
+            {"name": "predictor", "params": list(self.predictor.parameters()), "fix_lr": True},
+        ]
 
 
 def build(cfg, backbone: nn.Module, feature_dim: int) -> SwAV:
-    return SwAV(backbone, feature_dim, dim=cfg.dim, proj_hidden=cfg.proj_hidden, proj_layers=cfg.proj_layers,
-                prototypes=cfg.prototypes, temperature=cfg.temperature, sinkhorn_iters=cfg.sinkhorn_iters,
-                sinkhorn_eps=cfg.sinkhorn_eps, freeze_epochs=cfg.freeze_prototypes_epochs,
-                queue_size=cfg.queue_size, queue_start_epoch=cfg.queue_start_epoch, predictor=cfg.predictor,
-                pred_dim=cfg.pred_dim, stop_gradient=cfg.stop_gradient)
+    return SwAV(
+        backbone,
+        feature_dim,
+        dim=cfg.dim,
+        proj_hidden=cfg.proj_hidden,
+        proj_layers=cfg.proj_layers,
+        prototypes=cfg.prototypes,
+        temperature=cfg.temperature,
+        sinkhorn_iters=cfg.sinkhorn_iters,
+        sinkhorn_eps=cfg.sinkhorn_eps,
+        freeze_epochs=cfg.freeze_prototypes_epochs,
+        queue_size=cfg.queue_size,
+        queue_start_epoch=cfg.queue_start_epoch,
+        predictor=cfg.predictor,
+        pred_dim=cfg.pred_dim,
+        stop_gradient=cfg.stop_gradient,
+    )
 
 
 # SwAV itself: no predictor, detached codes, T = 0.1 (SwAV's value for ImageNet and CIFAR).
