@@ -30,7 +30,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms as T
 
-from simsiam import build_model, from_preset
+from simsiam import Views, build_model, from_preset
 from simsiam.data import Augment
 
 RECIPES = {  # output size -> input size, blur probability, torchvision DataLoader batch
@@ -141,7 +141,7 @@ def step_share(images: torch.Tensor, seconds: float) -> tuple[float, float]:
         return 1
 
     def update():
-        loss = model(*views)["loss"]
+        loss = model(Views(*views)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

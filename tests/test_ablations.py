@@ -13,10 +13,14 @@ from test_method import tiny_simsiam
 from simsiam import from_preset, train
 from simsiam.cli import main
 from simsiam.config import Config
+from simsiam.data import Augment, ImageSet
 from simsiam.errors import ConfigError
 from simsiam.eta import TargetMemory, block_length
-from simsiam.methods.simsiam import cross_entropy_similarity, negative_cosine, prediction_mlp, projection_mlp
-from simsiam.reproduce import GROUPS, configs, run_group
+from simsiam.experiments.reproduce import GROUPS, configs, run_group
+from simsiam.methods import StepOutput, Views, build_model
+from simsiam.methods.heads import prediction_mlp, projection_mlp
+from simsiam.methods.simsiam import cross_entropy_similarity, negative_cosine
+from simsiam.views import ViewPlan
 
 TINY = dict(
     width=0.125,
@@ -58,35 +62,39 @@ def test_cross_entropy_similarity_matches_hand_computation():
 @pytest.mark.parametrize("similarity", ["cosine", "cross-entropy"])
 def test_asymmetric_loss_is_the_first_term_only(similarity):
     model = tiny_simsiam(symmetric=False, similarity=similarity)
-    out = model(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4))
+    out = model(Views(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4)))
     d = negative_cosine if similarity == "cosine" else cross_entropy_similarity
-    torch.testing.assert_close(out["loss"], d(out["p1"], out["z2"]))
-    assert torch.autograd.grad(out["loss"], out["p2"], allow_unused=True)[0] is None  # p2 unused
+    torch.testing.assert_close(out.loss, d(out.p1, out.z2))
+    assert torch.autograd.grad(out.loss, out.p2, allow_unused=True)[0] is None  # p2 unused
 
 
 def test_targets_replace_the_other_views_z_and_carry_no_gradient():
     model = tiny_simsiam()
     t1, t2 = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
-    out = model(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4), targets=(t1, t2))
-    torch.testing.assert_close(out["loss"], negative_cosine(out["p1"], t2) / 2 + negative_cosine(out["p2"], t1) / 2)
-    out["loss"].backward()
+    out = model(Views(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4)), (t1, t2))
+    torch.testing.assert_close(out.loss, negative_cosine(out.p1, t2) / 2 + negative_cosine(out.p2, t1) / 2)
+    out.loss.backward()
     assert t1.grad is None and t2.grad is None
 
 
-def test_target_memory_updates_only_the_batch_rows_with_m():
-    mem = TargetMemory(5, 3, momentum=0.8, device="cpu")
-    mem.eta[:] = F.normalize(torch.randn(5, 3), dim=1)
+def test_target_memory_starts_filled_and_updates_only_the_batch_rows_with_m():
+    images = ImageSet(torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8), torch.zeros(5, dtype=torch.long), ["x"])
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    plan = ViewPlan(Augment(8, blur_p=0.0), torch.Generator().manual_seed(0))
+    mem = TargetMemory(encoder, images, plan, batch_size=2, dim=3, momentum=0.8, device="cpu")
+    mem.start()  # one augmented pass: every row is an l2-normalised F(T'(x))
+    torch.testing.assert_close(mem.eta.norm(dim=1), torch.ones(5))
     before = mem.eta.clone()
-    index = torch.tensor([1, 3])
+    order, index = torch.tensor([1, 3, 0, 2, 4]), torch.tensor([1, 3])  # step 0 of batch 2
+    t1, t2 = mem.targets(order, 0)
+    assert torch.equal(t1, t2) and torch.equal(t1, before[index])
     z1, z2 = torch.randn(2, 3), torch.randn(2, 3)
-    mem.update(index, z1, z2)
+    mem.update(order, 0, StepOutput(torch.zeros(()), torch.zeros(()), z1, z2))
     sample = F.normalize(F.normalize(z1, dim=1) + F.normalize(z2, dim=1), dim=1)
     expected = F.normalize(0.8 * before[index] + 0.2 * sample, dim=1)
     torch.testing.assert_close(mem.eta[index], expected)
     untouched = torch.tensor([0, 2, 4])
     assert torch.equal(mem.eta[untouched], before[untouched])
-    t1, t2 = mem.targets(index)
-    assert torch.equal(t1, t2) and torch.equal(t1, mem.eta[index])
 
 
 def test_block_length():
@@ -135,8 +143,6 @@ def test_fixed_predictor_never_moves_and_memory_run_resumes(tmp_path):
     cfg = from_preset("digits", run_dir=str(tmp_path / "fixed"), fixed_predictor=True, **TINY)
     train(cfg)
     torch.manual_seed(cfg.seed)  # the loop builds the model right after seeding; rebuild it the same way
-    from simsiam.train import build_model
-
     fresh = {f"predictor.{k}": v for k, v in build_model(cfg).predictor.state_dict().items()}
     trained = _params(tmp_path / "fixed", "predictor.")
     assert trained and all(torch.equal(trained[k], fresh[k]) for k in trained)
@@ -204,7 +210,7 @@ def test_reproduce_runs_end_to_end_and_reuses_finished_variants(tmp_path, capsys
 
 
 def test_finished_runs_are_reused_only_by_the_same_code_unless_fresh(tmp_path, monkeypatch):
-    import simsiam.reproduce as rep
+    import simsiam.experiments.runner as rep
 
     trained = []
 
@@ -222,6 +228,8 @@ def test_finished_runs_are_reused_only_by_the_same_code_unless_fresh(tmp_path, m
     assert run(fresh=True) == 2
     fp = rep.code_fingerprint()
     assert fp == rep.code_fingerprint() and len(fp) == 16
+    hashed = {name for _, name in rep.source_files()}  # the whole package, not only experiments/
+    assert {"train.py", "methods/simsiam.py", "data/augment.py", "experiments/runner.py"} <= hashed
     monkeypatch.setattr(rep, "code_fingerprint", lambda: "other-code")
     assert run() == 3 and run() == 3  # changed sources retrain once, then reuse
     index.write_text(json.dumps({rep.config_key(cfg): str(tmp_path / "a")}))  # an index from before fingerprints

@@ -1,7 +1,6 @@
 """SimCLR, BYOL and SwAV (+ the paper's Sec. 6.2 hubs): losses against brute force, gradients,
 EMA, Sinkhorn, a 2-process DDP check, and end-to-end runs through the real training loop."""
 
-import importlib
 import math
 
 import numpy as np
@@ -12,14 +11,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from test_method import z1_gradient_besides_p1
 
-from simsiam import from_preset, train
+from simsiam import checkpoint, from_preset, train
 from simsiam.config import Config
 from simsiam.errors import ConfigError
-from simsiam.methods.byol import BYOL, ema_tau
+from simsiam.methods import Views, build_model
+from simsiam.methods.byol import BYOL
+from simsiam.methods.heads import ema_tau
 from simsiam.methods.simclr import SimCLR, nt_xent
 from simsiam.methods.swav import SwAV, sinkhorn
-
-train_mod = importlib.import_module("simsiam.train")  # the package re-exports the function `train`
+from simsiam.optim import build_optimizer
 
 # Digits through the real loop: 64 images, batch 32 (2 steps an epoch), narrow ResNet, small heads.
 TINY = dict(
@@ -90,11 +90,11 @@ def test_simclr_hubs_stop_gradient_blocks_exactly_the_target_path():
     """SimCLR: p is z. +predictor: z1 gets gradient as a candidate and through p1 = h(z1);
     +predictor+SG: only through p1."""
     x1, x2 = _x()
-    out = _heads(SimCLR)(x1, x2)
-    assert out["p1"] is out["z1"]
-    rest = z1_gradient_besides_p1(_heads(SimCLR, predictor=True, pred_dim=4)(x1, x2))
+    out = _heads(SimCLR)(Views(x1, x2))
+    assert out.p1 is out.z1
+    rest = z1_gradient_besides_p1(_heads(SimCLR, predictor=True, pred_dim=4)(Views(x1, x2)))
     assert rest.abs().max() > 1e-4  # z1 is also a candidate of the other anchors
-    rest = z1_gradient_besides_p1(_heads(SimCLR, predictor=True, pred_dim=4, stop_gradient=True)(x1, x2))
+    rest = z1_gradient_besides_p1(_heads(SimCLR, predictor=True, pred_dim=4, stop_gradient=True)(Views(x1, x2)))
     torch.testing.assert_close(rest, torch.zeros_like(rest))
 
 
@@ -105,7 +105,7 @@ def test_byol_target_gets_no_gradient_and_follows_the_ema():
     model = _heads(BYOL, pred_dim=4, tau_base=0.9)
     assert all(torch.equal(t, o) for t, o in zip(model.target.parameters(), model.encoder.parameters()))
     assert any(k.startswith("target.") for k in model.state_dict())  # checkpointed with the model
-    model(*_x())["loss"].backward()
+    model(Views(*_x())).loss.backward()
     assert all(p.grad is None and not p.requires_grad for p in model.target.parameters())
     assert all(p.grad is not None for p in [*model.encoder.parameters(), *model.predictor.parameters()])
     with torch.no_grad():
@@ -158,7 +158,7 @@ def test_swav_codes_carry_no_gradient_unless_asked_and_prototypes_are_normalised
             model.prototypes.weight.mul_(3.0)
         seen, real = [], model.codes
         model.codes = lambda s, seen=seen, real=real: seen.append(real(s)) or seen[-1]
-        model(x1, x2)["loss"].backward()
+        model(Views(x1, x2)).loss.backward()
         assert len(seen) == 2 and all(q.requires_grad != sg for q in seen)
         torch.testing.assert_close(model.prototypes.weight.detach().norm(dim=1), torch.ones(5))
     assert isinstance(_heads(SwAV).predictor, nn.Identity)
@@ -169,7 +169,7 @@ def test_swav_queue_from_its_start_epoch_and_multicrop():
     model = _heads(SwAV, prototypes=5, queue_size=32, queue_start_epoch=1)
     x1, x2 = _x(16)
     small = [torch.randn(16, 3, 4, 4) for _ in range(2)]
-    model(x1, x2, small=small)  # 2 x 16 rows: the queue is full
+    model(Views(x1, x2, tuple(small)))  # 2 x 16 rows: the queue is full
     assert model.queued == 32
     torch.testing.assert_close(model.queue.norm(dim=1), torch.ones(32))  # normalised z of both views
     s = torch.randn(16, 5)
@@ -177,7 +177,7 @@ def test_swav_queue_from_its_start_epoch_and_multicrop():
     model.on_epoch_start(1)
     with_queue = sinkhorn(torch.cat([s, model.prototypes(model.queue).detach()]), 3, 0.05)[:16]
     torch.testing.assert_close(model.codes(s), with_queue)
-    assert torch.isfinite(model(x1, x2, small=small)["loss"])
+    assert torch.isfinite(model(Views(x1, x2, tuple(small))).loss)
 
 
 def test_swav_prototypes_frozen_by_the_hook(tmp_path):
@@ -185,11 +185,11 @@ def test_swav_prototypes_frozen_by_the_hook(tmp_path):
     epoch < freeze_prototypes_epochs, an update after."""
     cfg = from_preset("digits", method="swav", **TINY)
     model = _heads(SwAV, prototypes=5, freeze_epochs=1)
-    opt = train_mod.build_optimizer(model, cfg)
+    opt = build_optimizer(model, cfg)
     for epoch, moves in [(0, False), (1, True)]:
         before = F.normalize(model.prototypes.weight.detach(), dim=1)
         opt.zero_grad()
-        model(*_x(16))["loss"].backward()
+        model(Views(*_x(16))).loss.backward()
         model.after_backward(epoch)
         opt.step()
         assert torch.allclose(model.prototypes.weight, before) != moves
@@ -204,19 +204,17 @@ def test_loss_decreases_on_a_fixed_batch(method):
     cfg = from_preset("digits", method=method, **{**TINY, "lr": 2.0})
     cls = {"simclr": SimCLR, "byol": BYOL, "swav": SwAV}[method]
     model = _heads(cls, **({"prototypes": 10} if method == "swav" else {}))
-    opt = train_mod.build_optimizer(model, cfg)
+    opt = build_optimizer(model, cfg)
     x1, x2 = _x(32, seed=2)
     losses = []
     for step in range(10):
-        out = model(x1, x2)
+        out = model(Views(x1, x2))
         opt.zero_grad()
-        out["loss"].backward()
-        if hasattr(model, "after_backward"):
-            model.after_backward(1)
+        out.loss.backward()
+        model.after_backward(1)
         opt.step()
-        if hasattr(model, "after_step"):
-            model.after_step((step + 1) / 10)
-        losses.append(out["loss"].item())
+        model.after_step((step + 1) / 10)
+        losses.append(out.loss.item())
     assert losses[-1] < losses[0] - 0.05, losses
 
 
@@ -229,7 +227,7 @@ def test_swav_trains_end_to_end_with_multicrop_and_queue_prototypes_frozen(tmp_p
     """freeze_prototypes_epochs = 1, one epoch: the trained prototypes are the (normalised) init."""
     cfg = from_preset("digits", method="swav", run_dir=str(tmp_path), small_crops=2, queue_size=64, **TINY)
     torch.manual_seed(cfg.seed)  # as train() does before building the model (data loading draws nothing)
-    init = F.normalize(train_mod.build_model(cfg).prototypes.weight.detach(), dim=1)
+    init = F.normalize(build_model(cfg).prototypes.weight.detach(), dim=1)
     s = train(cfg)
     assert math.isfinite(s["loss"])
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
@@ -241,16 +239,16 @@ def test_byol_resume_restores_the_target(tmp_path, monkeypatch):
     """Two epochs straight == one epoch, a crash, --resume: the same online and target weights."""
     cfg = from_preset("digits", method="byol", run_dir=str(tmp_path / "full"), **{**TINY, "epochs": 2})
     train(cfg)
-    real_save = train_mod.save_checkpoint
+    real_save = checkpoint.save
 
     def crash_after_first(path, state):
         real_save(path, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", crash_after_first)
+    monkeypatch.setattr(checkpoint, "save", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         train(cfg.replace(run_dir=str(tmp_path / "cut")))
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint, "save", real_save)
     train(cfg.replace(run_dir=str(tmp_path / "cut"), resume=True))
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
     cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["model"]

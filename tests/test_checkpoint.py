@@ -1,26 +1,24 @@
 import errno
-import importlib
 
 import pytest
 import torch
 
+from simsiam import checkpoint
 from simsiam.errors import TrainingError
-
-train_mod = importlib.import_module("simsiam.train")  # the package re-exports the function `train`
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    train_mod.save_checkpoint(path, {"epoch": 1})
+    checkpoint.save(path, {"epoch": 1})
 
     def full_disk(obj, f, *a, **kw):
         with open(f, "wb") as fh:
             fh.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(train_mod.torch, "save", full_disk)
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
     with pytest.raises(TrainingError, match="No space left on device.*previous checkpoint is intact"):
-        train_mod.save_checkpoint(path, {"epoch": 2})
+        checkpoint.save(path, {"epoch": 2})
     monkeypatch.undo()
     assert torch.load(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no torn temp file left

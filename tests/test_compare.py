@@ -5,7 +5,7 @@ import json
 import pytest
 
 from simsiam.cli import main
-from simsiam.compare import compare, method_config
+from simsiam.experiments.compare import compare, method_config
 from simsiam.methods import METHODS
 
 TINY = dict(

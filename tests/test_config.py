@@ -5,7 +5,7 @@ import torch
 
 from simsiam.config import PRESETS, Config, ConfigError, from_preset
 from simsiam.methods.simsiam import SimSiam
-from simsiam.train import build_optimizer, cosine_lr, lr_at, set_lr
+from simsiam.optim import build_optimizer, cosine_lr, lr_at, set_lr
 
 
 def test_paper_defaults():

@@ -6,15 +6,12 @@ and z-std stays near 1/sqrt(d); without it, z-std falls to a small fraction of t
 goes to -1. And a resumed run ends with exactly the weights of an uninterrupted one.
 """
 
-import importlib
 import json
 
 import pytest
 import torch
 
-from simsiam import from_preset, train
-
-train_mod = importlib.import_module("simsiam.train")  # the package re-exports the function `train`
+from simsiam import checkpoint, from_preset, train
 
 # 1000 train / 200 test images, width-1/8 CIFAR ResNet-18, small heads.
 SMALL = dict(
@@ -60,16 +57,16 @@ def test_resume_gives_the_same_weights(cifar_slice, tmp_path, monkeypatch):
     kw = dict(epochs=2, subset=256, schedule="step")
     train(small_cfg(cifar_slice, tmp_path / "full", **kw))
 
-    real_save = train_mod.save_checkpoint
+    real_save = checkpoint.save
 
     def crash_after_first(path, state):
         real_save(path, state)
         raise KeyboardInterrupt  # the process dies right after the epoch-1 checkpoint
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", crash_after_first)
+    monkeypatch.setattr(checkpoint, "save", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         train(small_cfg(cifar_slice, tmp_path / "cut", **kw))
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint, "save", real_save)
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["epoch"] == 1
     train(small_cfg(cifar_slice, tmp_path / "cut", resume=True, **kw))
 

@@ -3,7 +3,7 @@ import torch.nn as nn
 
 from simsiam.data import ImageSet
 from simsiam.evaluate import fingerprint, fit_linear_fast, linear_report, topk_accuracy, train_linear
-from simsiam.lars import LARS
+from simsiam.optim import LARS
 
 
 def test_lars_step_matches_formula():

@@ -5,7 +5,9 @@ import torch
 import torch.nn as nn
 
 from simsiam.backbones import build_backbone
-from simsiam.methods.simsiam import SimSiam, negative_cosine, prediction_mlp, projection_mlp, z_std
+from simsiam.methods.base import Views
+from simsiam.methods.heads import prediction_mlp, projection_mlp, z_std
+from simsiam.methods.simsiam import SimSiam, negative_cosine
 
 
 def test_loss_matches_hand_computation():
@@ -29,8 +31,8 @@ def tiny_simsiam(**kw):
 def z1_gradient_besides_p1(out) -> torch.Tensor:
     """The loss's gradient on z1 minus the part that comes through p1 = h(z1): zero exactly when a
     stop-gradient cuts z1's other path (as a target)."""
-    g_p1, g_z1 = torch.autograd.grad(out["loss"], [out["p1"], out["z1"]], retain_graph=True)
-    (g_z1_via_p1,) = torch.autograd.grad(out["p1"], out["z1"], grad_outputs=g_p1)
+    g_p1, g_z1 = torch.autograd.grad(out.loss, [out.p1, out.z1], retain_graph=True)
+    (g_z1_via_p1,) = torch.autograd.grad(out.p1, out.z1, grad_outputs=g_p1)
     return g_z1 - g_z1_via_p1
 
 
@@ -40,7 +42,7 @@ def test_stop_gradient_blocks_the_target_path(concat_views):
     a gradient as the target of D(p2, z1)."""
     for sg in (True, False):
         model = tiny_simsiam(stop_gradient=sg, concat_views=concat_views)
-        rest = z1_gradient_besides_p1(model(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4)))
+        rest = z1_gradient_besides_p1(model(Views(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4))))
         if sg:
             torch.testing.assert_close(rest, torch.zeros_like(rest))
         else:
@@ -49,15 +51,15 @@ def test_stop_gradient_blocks_the_target_path(concat_views):
 
 def test_gradients_reach_encoder_and_predictor():
     model = tiny_simsiam()
-    model(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4))["loss"].backward()
+    model(Views(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4))).loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 def test_no_predictor_means_p_is_z():
     model = tiny_simsiam(predictor=False)
-    out = model(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4))
-    assert out["p1"] is out["z1"]
+    out = model(Views(torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4)))
+    assert out.p1 is out.z1
     assert not list(model.predictor.parameters())
 
 
@@ -108,8 +110,8 @@ def test_cifar_projector_has_two_layers():
 def test_full_model_shapes_and_param_groups():
     backbone, dim = build_backbone("resnet18", cifar_stem=True, width=0.125)
     model = SimSiam(backbone, dim, dim=64, pred_dim=16, proj_layers=2, proj_hidden=64)
-    out = model(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32))
-    assert out["z1"].shape == out["p2"].shape == (4, 64)
+    out = model(Views(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)))
+    assert out.z1.shape == out.p2.shape == (4, 64)
     groups = {g["name"]: g for g in model.param_groups()}
     n_all = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for g in groups.values() for p in g["params"]) == n_all

@@ -9,11 +9,12 @@ from .config import PRESETS, Config, from_preset
 from .data import Augment, ImageSet, load_splits
 from .errors import ConfigError, DataError, SimSiamError, TrainingError
 from .evaluate import extract_features, knn_accuracy, knn_predict
-from .methods import METHODS
-from .methods.simsiam import SimSiam, negative_cosine, z_std
+from .methods import METHODS, Method, StepOutput, Views, build_model
+from .methods.heads import z_std
+from .methods.simsiam import SimSiam, negative_cosine
 from .report import write_report
 from .runs import load_backbone
-from .train import build_model, train
+from .train import fit, train
 
 __version__ = "0.1.0"
 
@@ -24,13 +25,17 @@ __all__ = [
     "DataError",
     "ImageSet",
     "METHODS",
+    "Method",
     "PRESETS",
     "SimSiam",
     "SimSiamError",
+    "StepOutput",
     "TrainingError",
+    "Views",
     "build_backbone",
     "build_model",
     "extract_features",
+    "fit",
     "from_preset",
     "knn_accuracy",
     "knn_predict",

@@ -14,7 +14,8 @@ import typing
 from pathlib import Path
 
 from .config import DEFAULT_PRESET, PRESETS, Config, from_preset
-from .errors import ConfigError, DataError, SimSiamError
+from .errors import ConfigError, SimSiamError
+from .runtime import log, resolve_device
 
 _HIDDEN = {"preset", "resume"}  # set by --preset / --resume, which get their own help
 
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--batch-size", type=int, default=256)
     em.add_argument("--device", default="auto")
 
-    from .reproduce import GROUPS
+    from .experiments.reproduce import GROUPS
 
     rr = sub.add_parser(
         "reproduce",
@@ -265,145 +266,106 @@ def config_from_args(ns: argparse.Namespace) -> Config:
     return from_preset(getattr(ns, "preset", default), **given)
 
 
-def _eval_config(cfg: Config, args) -> Config:
-    from .runs import OFFICIAL
-
-    if cfg.preset == OFFICIAL and not args.data_dir:
-        raise ConfigError("an official SimSiam checkpoint does not record its data; give --data-dir DIR")
-    changes = {}
-    if args.data_dir:
-        changes = {"data_dir": args.data_dir, "dataset": args.dataset or "folder"}
-    elif args.dataset:
-        changes = {"dataset": args.dataset, "data_dir": None if args.dataset == "digits" else cfg.data_dir}
-    return cfg.replace(**changes)
+# --- one function per subcommand; each gets the parsed arguments -----------------------------
 
 
-def _result_path(source: str, out: str | None, name: str) -> Path:
-    if out:
-        return Path(out)
-    src = Path(source)
-    return src / f"{name}.json" if src.is_dir() else src.with_name(f"{src.stem}.{name}.json")
+def _train(args) -> None:
+    from .train import train
+
+    log(_describe(train(config_from_args(args))))
 
 
-def _evaluate(args) -> None:
-    from .data import load_splits
-    from .evaluate import knn_report, linear_report
-    from .runs import load_backbone
-    from .train import log, resolve_device
+def _eval(args) -> None:
+    from .evaluate import evaluate
 
-    device = resolve_device(args.device)
-    backbone, cfg = load_backbone(args.source, device)
-    cfg = _eval_config(cfg, args)
-    train_set, test_set = (split.labeled() for split in load_splits(cfg))
-    if len(train_set) == 0 or len(test_set) == 0:
-        raise DataError(
-            f"evaluation needs labelled images and {cfg.data_dir or cfg.dataset} has none; "
-            "give --data-dir a folder with class sub-folders"
-        )
-    common = dict(size=cfg.image_size, mean=cfg.mean, std=cfg.std)
-    if args.protocol == "knn":
-        res = knn_report(backbone, train_set, test_set, k=args.k, t=args.t, **common)
-        name = "eval_knn"
-    else:
-        if args.epochs <= 0 or args.batch_size <= 0 or not args.lr > 0:
-            raise ConfigError("--epochs, --batch-size and --lr must be positive")
-        res = linear_report(
-            backbone,
-            train_set,
-            test_set,
-            fast=args.fast,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            base_lr=args.lr,
-            seed=args.seed,
-            **common,
-        )
-        name = "eval_linear_fast" if args.fast else "eval_linear"
-    res = {"source": str(args.source), "dataset": cfg.dataset, "data_dir": cfg.data_dir, **res}
-    path = _result_path(args.source, args.out, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=2) + "\n")
+    options = dict(k=args.k, t=args.t) if args.protocol == "knn" else {}
+    if args.protocol == "linear":
+        options = dict(fast=args.fast, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    res = evaluate(
+        args.source,
+        args.protocol,
+        data_dir=args.data_dir,
+        dataset=args.dataset,
+        out=args.out,
+        device=args.device,
+        **options,
+    )
     top5 = f", top-5 {100 * res['top5']:.2f}%" if "top5" in res else ""
     log(
         f"{res['protocol']} top-1 {100 * res['top1']:.2f}%{top5} ({res.get('num_queries', res.get('num_test'))} "
-        f"test images) -> {path}"
+        f"test images) -> {res['path']}"
     )
 
 
-def _reproduce(args) -> None:
-    from .reproduce import GROUPS, run_group
-    from .train import log
+def _export(args) -> None:
+    from .export import export_backbone
 
-    if args.seeds <= 0:
-        raise ConfigError("--seeds must be positive")
-    common = _experiment_overrides(args)
-    groups = list(GROUPS) if args.name == "all" else [args.name]
-    tables = []
-    for group in groups:
-        run_group(group, args.out, args.scale, args.seeds, args.preset, log=log, fresh=args.fresh, **common)
-        tables.append((Path(args.out) / group / "table.md").read_text())
-        log(tables[-1])
-    if len(groups) > 1:
-        (Path(args.out) / "tables.md").write_text("\n".join(tables))
-    held = [c for g in groups for c in json.loads((Path(args.out) / g / "results.json").read_text())["checks"]]
-    if held:
-        log(f"paper's claims held here: {sum(c['held'] for c in held)} of {len(held)}; tables in {args.out}")
+    st, pth = export_backbone(args.source, args.out)
+    log(f"backbone written to {st} (safetensors) and {pth} (torch state_dict)")
+
+
+def _embed(args) -> None:
+    from .export import embed_folder
+
+    res = embed_folder(
+        args.source,
+        args.data_dir,
+        args.out,
+        batch_size=args.batch_size,
+        projector=args.projector,
+        device=resolve_device(args.device),
+    )
+    skipped = f" ({res['num_skipped']} unreadable files skipped)" if res["num_skipped"] else ""
+    log(f"{res['num_images']} x {res['dim']} features -> {res['features']}, paths -> {res['paths']}{skipped}")
+
+
+def _reproduce(args) -> None:
+    from .experiments.reproduce import GROUPS, reproduce
+
+    names = list(GROUPS) if args.name == "all" else [args.name]
+    reproduce(
+        names, args.out, args.scale, args.seeds, args.preset, log=log, fresh=args.fresh, **_experiment_overrides(args)
+    )
+
+
+def _compare(args) -> None:
+    from .experiments.compare import compare
+
+    compare(
+        args.methods,
+        args.out,
+        args.scale,
+        args.preset,
+        args.own_augmentation,
+        log=log,
+        fresh=args.fresh,
+        **_experiment_overrides(args),
+    )
+    log((Path(args.out) / "comparison.md").read_text() + f"plot: {Path(args.out) / 'knn.png'}")
+
+
+def _report(args) -> None:
+    from .report import write_report
+
+    md = write_report(args.run_dir, retrieval=not args.no_retrieval, embedding_map=not args.no_embedding_map)
+    log(f"report written: {md}")
+
+
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "export": _export,
+    "embed": _embed,
+    "reproduce": _reproduce,
+    "compare": _compare,
+    "report": _report,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from .train import log
-
-        if args.command == "train":
-            from .train import train
-
-            summary = train(config_from_args(args))
-            log(_describe(summary))
-        elif args.command == "eval":
-            _evaluate(args)
-        elif args.command == "export":
-            from .export import export_backbone
-
-            st, pth = export_backbone(args.source, args.out)
-            log(f"backbone written to {st} (safetensors) and {pth} (torch state_dict)")
-        elif args.command == "embed":
-            from .export import embed_folder
-            from .train import resolve_device
-
-            res = embed_folder(
-                args.source,
-                args.data_dir,
-                args.out,
-                batch_size=args.batch_size,
-                projector=args.projector,
-                device=resolve_device(args.device),
-            )
-            log(
-                f"{res['num_images']} x {res['dim']} features -> {res['features']}, paths -> {res['paths']}"
-                + (f" ({res['num_skipped']} unreadable files skipped)" if res["num_skipped"] else "")
-            )
-        elif args.command == "reproduce":
-            _reproduce(args)
-        elif args.command == "compare":
-            from .compare import compare
-
-            compare(
-                args.methods,
-                args.out,
-                args.scale,
-                args.preset,
-                args.own_augmentation,
-                log=log,
-                fresh=args.fresh,
-                **_experiment_overrides(args),
-            )
-            log((Path(args.out) / "comparison.md").read_text() + f"plot: {Path(args.out) / 'knn.png'}")
-        elif args.command == "report":
-            from .report import write_report
-
-            md = write_report(args.run_dir, retrieval=not args.no_retrieval, embedding_map=not args.no_embedding_map)
-            log(f"report written: {md}")
+        COMMANDS[args.command](args)
         return 0
     except SimSiamError as e:
         print(f"simsiam: error: {e}", file=sys.stderr)

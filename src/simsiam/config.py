@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
+from .methods import METHODS
 
 
 def _opt(default, help: str, **kw):
@@ -24,7 +25,7 @@ class Config:
     # --- what to train on
     method: str = _opt(
         "simsiam",
-        "self-supervised method: simsiam | simclr | byol | swav (each sets its own defaults, "
+        f"self-supervised method: {' | '.join(METHODS)} (each sets its own defaults, "
         "e.g. simclr: no predictor, no stop-gradient; options you give override them)",
     )
     dataset: str = _opt(
@@ -219,10 +220,6 @@ class Config:
             raise ConfigError(
                 f"--alternation must be off, epoch or a positive number of steps, got {self.alternation!r}"
             )
-        if self.method != "simsiam" and (self.alternation != "off" or self.target_memory):
-            raise ConfigError(
-                "--alternation and --target-memory are SimSiam experiments (Sec. 5.2); use --method simsiam"
-            )
         if self.alternation != "off" and self.target_memory:
             raise ConfigError("--alternation and --target-memory are two different Sec. 5.2 experiments; choose one")
         if self.alternation != "off" and (self.symmetry == "asym2x" or self.small_crops):
@@ -231,22 +228,12 @@ class Config:
             )
         if self.target_memory and self.symmetry == "asym2x":
             raise ConfigError("--target-memory has one target per image; --symmetry asym2x does not apply")
-        if self.small_crops and self.method != "swav":
-            raise ConfigError(f"--small-crops (multi-crop) is used by --method swav only, not {self.method}")
         if self.load_size and self.load_size < self.image_size:
             raise ConfigError(
                 f"--load-size {self.load_size} must be at least --image-size {self.image_size} (or 0: the same)"
             )
         if self.small_crops and self.small_crop_size >= self.image_size:
             raise ConfigError(f"--small-crop-size {self.small_crop_size} must be below --image-size {self.image_size}")
-        simsiam_only = dict(
-            head_bn="default", similarity="cosine", symmetry="sym", fixed_predictor=False, concat_views=False
-        )
-        for name, default in simsiam_only.items():
-            if self.method != "simsiam" and getattr(self, name) != default:
-                raise ConfigError(f"--{_flag(name)} is a SimSiam ablation; {self.method} has its own heads and loss")
-        if self.method == "byol" and not self.stop_gradient:
-            raise ConfigError("--no-stop-gradient does not apply to byol: its target is a moving average, not trained")
         if not 0 < self.small_crop_scale[0] <= self.small_crop_scale[1] <= 1:
             raise ConfigError(f"--small-crop-scale needs 0 < min <= max <= 1, got {self.small_crop_scale}")
         if self.workers < 0:
@@ -254,7 +241,7 @@ class Config:
         if self.knn_every < 0:
             raise ConfigError(f"--knn-every must be >= 0, got {self.knn_every}")
         choices = {
-            "method": ["simsiam", "simclr", "byol", "swav"],
+            "method": list(METHODS),
             "head_bn": ["none", "hidden", "default", "all"],
             "similarity": ["cosine", "cross-entropy"],
             "symmetry": ["sym", "asym", "asym2x"],
@@ -278,6 +265,7 @@ class Config:
             )
         if self.dataset == "folder" and not self.data_dir:
             raise ConfigError("--dataset folder needs --data-dir DIR (a folder of images)")
+        METHODS[self.method].check_config(self)  # the options only some methods implement
 
     @property
     def stored_size(self) -> int:
@@ -405,14 +393,16 @@ DEFAULT_PRESET = "digits"
 
 
 def from_preset(name: str | None, **overrides) -> Config:
-    """Preset values, then the method's own defaults (`methods.DEFAULTS`), then `overrides`."""
-    from .methods import DEFAULTS
-
+    """Preset values, then the method's own defaults (its `DEFAULTS`), then `overrides`."""
     name = name or DEFAULT_PRESET
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     method = overrides.get("method", PRESETS[name].get("method", "simsiam"))
-    return Config.from_dict({**PRESETS[name], **DEFAULTS.get(method, {}), **overrides, "preset": name})
+    return Config.from_dict({**PRESETS[name], **_method_defaults(method), **overrides, "preset": name})
+
+
+def _method_defaults(method: str) -> dict:
+    return METHODS[method].DEFAULTS if method in METHODS else {}  # an unknown name fails in validate
 
 
 def load_json(path) -> Config:

@@ -1,4 +1,5 @@
-"""Evaluation: the weighted kNN monitor on frozen backbone features.
+"""Evaluation of a frozen backbone: the weighted kNN monitor and the linear probe, and
+`evaluate`, which `simsiam eval` calls (a run's backbone + its data -> a JSON result).
 
 kNN (Wu et al. 2018, as used to monitor SimSiam): l2-normalised features of the train split are the
 bank, test features the queries; the k most cosine-similar bank entries vote for their label with
@@ -7,13 +8,15 @@ weight exp(sim / T). Everything runs in chunks on the features' device.
 
 from __future__ import annotations
 
-import math
+import json
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.augment import prepare
+from .errors import ConfigError, TrainingError
 
 
 @torch.no_grad()
@@ -124,7 +127,7 @@ def train_linear(
     """
     from tqdm import tqdm
 
-    from .lars import LARS
+    from .optim import LARS, cosine_lr, set_lr
 
     device = labels.device
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -137,8 +140,7 @@ def train_linear(
     opt = LARS(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = labels.shape[0]
     for epoch in tqdm(range(epochs), desc="linear", unit="epoch", disable=not progress, leave=False):
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+        set_lr(opt, cosine_lr(lr, epoch / epochs))
         perm = torch.randperm(n, generator=g).to(device)
         for idx in perm.split(batch_size):
             loss = F.cross_entropy(head(features(idx, epoch)), labels[idx])
@@ -234,7 +236,6 @@ def linear_report(
     Raises if the backbone's weights changed (they must not: it is frozen).
     """
     from .data.augment import Augment
-    from .errors import TrainingError
 
     before = fingerprint(backbone)
     backbone.eval()
@@ -286,3 +287,81 @@ def linear_report(
         **topk_accuracy(scores, test_labels),
         "per_class": per_class_accuracy(scores.argmax(1), test_labels, train.classes),
     }
+
+
+# --- `simsiam eval`: a trained backbone, its data, one protocol, a JSON result ---------------
+
+
+def evaluate(
+    source: str | Path,
+    protocol: str = "knn",
+    *,
+    data_dir: str | None = None,
+    dataset: str | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    k: int = 200,
+    t: float = 0.1,
+    fast: bool = False,
+    epochs: int = 90,
+    batch_size: int = 4096,
+    lr: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Evaluate the backbone of `source` (a run directory, a checkpoint, or an official SimSiam
+    checkpoint) with `protocol` "knn" or "linear" (`fast` for the L-BFGS probe) on its own data,
+    or on `data_dir` / `dataset`. The result is written as JSON beside the source (RUN_DIR/eval_knn.json,
+    eval_linear.json, eval_linear_fast.json; CKPT.eval_knn.json for a file) or to `out`, and
+    returned with its "path"."""
+    from .data import labeled_splits
+    from .runs import load_backbone
+    from .runtime import resolve_device
+
+    if protocol not in ("knn", "linear"):
+        raise ConfigError(f"unknown evaluation protocol {protocol!r}; choose knn or linear")
+    if protocol == "linear" and (epochs <= 0 or batch_size <= 0 or not lr > 0):
+        raise ConfigError("--epochs, --batch-size and --lr must be positive")
+    backbone, cfg = load_backbone(source, resolve_device(device))
+    cfg = _data_to_evaluate(cfg, data_dir, dataset)
+    train_set, test_set = labeled_splits(cfg)
+    common = dict(size=cfg.image_size, mean=cfg.mean, std=cfg.std)
+    if protocol == "knn":
+        res = knn_report(backbone, train_set, test_set, k=k, t=t, **common)
+        name = "eval_knn"
+    else:
+        res = linear_report(
+            backbone,
+            train_set,
+            test_set,
+            fast=fast,
+            epochs=epochs,
+            batch_size=batch_size,
+            base_lr=lr,
+            seed=seed,
+            progress=progress,
+            **common,
+        )
+        name = "eval_linear_fast" if fast else "eval_linear"
+    res = {"source": str(source), "dataset": cfg.dataset, "data_dir": cfg.data_dir, **res}
+    path = Path(out) if out else _beside(Path(source), name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    return {**res, "path": str(path)}
+
+
+def _data_to_evaluate(cfg, data_dir: str | None, dataset: str | None):
+    """The run's config with the data to evaluate on: the run's own unless given."""
+    from .runs import OFFICIAL
+
+    if cfg.preset == OFFICIAL and not data_dir:
+        raise ConfigError("an official SimSiam checkpoint does not record its data; give --data-dir DIR")
+    if data_dir:
+        return cfg.replace(data_dir=data_dir, dataset=dataset or "folder")
+    if dataset:
+        return cfg.replace(dataset=dataset, data_dir=None if dataset == "digits" else cfg.data_dir)
+    return cfg
+
+
+def _beside(source: Path, name: str) -> Path:
+    return source / f"{name}.json" if source.is_dir() else source.with_name(f"{source.stem}.{name}.json")

@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from . import checkpoint
 from .data import datasets
 from .data.augment import prepare
 from .data.datasets import decode_image
 from .errors import DataError, warn
+from .methods import build_model
 from .runs import load_backbone
 
 
@@ -131,11 +133,9 @@ def embed_folder(
 
 
 def _load_projector(source, cfg, device):
-    ckpt = Path(source) / "checkpoint.pt"
+    ckpt = Path(source) / checkpoint.CHECKPOINT
     if not ckpt.exists():
-        raise DataError(f"--projector needs a run directory with checkpoint.pt; {source} has none")
-    from .train import build_model
-
+        raise DataError(f"--projector needs a run directory with {checkpoint.CHECKPOINT}; {source} has none")
     model = build_model(cfg)
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+    model.load_state_dict(checkpoint.plain_keys(checkpoint.load(ckpt, weights_only=False)["model"]))
     return model.projector.to(device).eval()

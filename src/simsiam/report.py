@@ -24,11 +24,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .config import Config, load_json
-from .data import load_splits
+from .data import labeled_splits
 from .errors import ConfigError, DataError
 from .evaluate import extract_features
 from .runs import load_backbone, read_metrics
-from .train import resolve_device
+from .runtime import resolve_device
 
 DPI = 110
 PLOT_SIZE = (6, 4)  # inches: 660 x 440 px at DPI
@@ -142,9 +142,7 @@ def _features(run_dir: Path, device: torch.device):
     """(train set, test set, train features, test features) of the labelled images; the bank is
     the whole train split up to MAX_BANK images (a fixed random pick beyond that)."""
     backbone, cfg = load_backbone(run_dir, device)
-    train_set, test_set = (split.labeled() for split in load_splits(cfg))
-    if len(train_set) == 0 or len(test_set) == 0:
-        raise DataError("the data has no labelled images, so neighbours and classes cannot be shown")
+    train_set, test_set = labeled_splits(cfg, "showing neighbours and classes")
     if len(train_set) > MAX_BANK:
         pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:MAX_BANK]
         train_set = train_set.select(pick.sort().values)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import checkpoint
 from .backbones import build_backbone
 from .config import PRESETS, Config, load_json
 from .errors import DataError
@@ -27,21 +28,13 @@ def load_backbone(source: str | Path, device: str | torch.device = "cpu") -> tup
             raise DataError(f"{source} has no config.json; give a run directory written by `simsiam train`")
         cfg = load_json(cfg_path)
         if (source / "backbone.pt").exists():
-            weights = torch.load(source / "backbone.pt", map_location="cpu", weights_only=True)
-        elif (source / "checkpoint.pt").exists():
-            weights = _backbone_from_model(
-                torch.load(source / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
-            )
+            weights = checkpoint.load(source / "backbone.pt")
+        elif (source / checkpoint.CHECKPOINT).exists():
+            weights = _backbone_from_model(checkpoint.load(source / checkpoint.CHECKPOINT, weights_only=False)["model"])
         else:
             raise DataError(f"{source} holds no backbone.pt or checkpoint.pt; has its first epoch finished?")
     elif source.is_file():
-        try:
-            state = torch.load(source, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-            raise DataError(
-                f"cannot read checkpoint {source} ({type(e).__name__}); is it a torch checkpoint?"
-            ) from None
-        cfg, weights = _from_checkpoint_dict(state, source)
+        cfg, weights = _from_checkpoint_dict(checkpoint.load(source, weights_only=False), source)
     else:
         raise DataError(f"{source} does not exist; give a run directory or a checkpoint file")
     backbone, _ = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width)
@@ -55,6 +48,7 @@ def load_backbone(source: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def _backbone_from_model(model_state: dict) -> dict:
+    model_state = checkpoint.plain_keys(model_state)
     return {k[len("backbone.") :]: v for k, v in model_state.items() if k.startswith("backbone.")}
 
 

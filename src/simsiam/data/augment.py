@@ -46,22 +46,22 @@ class Augment:
     @classmethod
     def from_config(cls, cfg) -> Augment:
         return cls(
-            cfg.image_size,
-            cfg.crop_scale,
-            cfg.crop_ratio,
-            cfg.hflip,
-            cfg.jitter,
-            cfg.jitter_p,
-            cfg.gray_p,
-            cfg.blur_p,
-            cfg.blur_sigma,
-            cfg.solarize_p,
-            cfg.mean,
-            cfg.std,
-            cfg.blur_p2,
-            cfg.solarize_p2,
-            cfg.small_crop_size,
-            cfg.small_crop_scale,
+            size=cfg.image_size,
+            crop_scale=cfg.crop_scale,
+            crop_ratio=cfg.crop_ratio,
+            hflip=cfg.hflip,
+            jitter=cfg.jitter,
+            jitter_p=cfg.jitter_p,
+            gray_p=cfg.gray_p,
+            blur_p=cfg.blur_p,
+            blur_sigma=cfg.blur_sigma,
+            solarize_p=cfg.solarize_p,
+            mean=cfg.mean,
+            std=cfg.std,
+            blur_p2=cfg.blur_p2,
+            solarize_p2=cfg.solarize_p2,
+            small_size=cfg.small_crop_size,
+            small_scale=cfg.small_crop_scale,
         )
 
     def two_views(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -147,6 +147,17 @@ def load_splits(cfg) -> tuple[ImageSet, ImageSet]:
     )
 
 
+def labeled_splits(cfg, purpose: str = "evaluation") -> tuple[ImageSet, ImageSet]:
+    """(train, test) of `cfg`'s data with the labelled images only, or a DataError naming the fix."""
+    train, test = (split.labeled() for split in load_splits(cfg))
+    if len(train) == 0 or len(test) == 0:
+        raise DataError(
+            f"{purpose} needs labelled images and {cfg.data_dir or cfg.dataset} has none; "
+            "give --data-dir a folder with class sub-folders"
+        )
+    return train, test
+
+
 def cache_root(cache_dir: str | None) -> Path:
     return Path(cache_dir or os.environ.get("SIMSIAM_CACHE") or Path.home() / ".cache" / "simsiam")
 

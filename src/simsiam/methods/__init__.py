@@ -1,17 +1,33 @@
-"""Self-supervised methods: one short file each, all driven by the same training loop.
+"""Self-supervised methods: one short file each, all driven by the same training loop through the
+contract in `base.py` (`Method`: forward -> `StepOutput`, param_groups, hooks, DEFAULTS, OPTIONS).
 
-A method is an nn.Module with `.backbone`, `.dim` (the dimension of z, for the collapse monitor),
-`forward(x1, x2, **extra) -> {"loss", "z_std", ...}` and `param_groups()`. Optional hooks the loop
-calls when a method defines them:
-- `on_epoch_start(epoch)`: before the epoch's first step (SwAV: when its queue starts);
-- `after_backward(epoch)`: between backward and the optimizer step (SwAV freezes its prototypes);
-- `after_step(progress)`: after each optimizer step, progress in [0, 1] over the whole run (BYOL's EMA).
-`METHODS` maps a name to a builder `(cfg, backbone, feature_dim) -> module`; `DEFAULTS` maps a name
-to the config values the method changes from SimSiam's (applied between the preset and the user's
-options by `config.from_preset`).
+Adding a method is one file here and one line in `METHODS`.
 """
 
-from . import byol, simclr, simsiam, swav
+from __future__ import annotations
 
-METHODS = {"simsiam": simsiam.build, "simclr": simclr.build, "byol": byol.build, "swav": swav.build}
-DEFAULTS: dict[str, dict] = {"simsiam": {}, "simclr": simclr.DEFAULTS, "byol": byol.DEFAULTS, "swav": swav.DEFAULTS}
+from typing import Any
+
+import torch.nn as nn
+
+from .base import Method, StepOutput, Targets, Views
+from .byol import BYOL
+from .simclr import SimCLR
+from .simsiam import SimSiam
+from .swav import SwAV
+
+METHODS: dict[str, type[Method]] = {"simsiam": SimSiam, "simclr": SimCLR, "byol": BYOL, "swav": SwAV}
+
+
+def build_model(cfg: Any, backbone: nn.Module | None = None, feature_dim: int | None = None) -> Method:
+    """`cfg.method` around `backbone` (default: the backbone `cfg` describes)."""
+    if backbone is None:
+        from ..backbones import build_backbone
+
+        backbone, feature_dim = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width)
+    if feature_dim is None:
+        raise ValueError("give feature_dim, the dimension of the backbone's pooled features, with backbone")
+    return METHODS[cfg.method].from_config(cfg, backbone, feature_dim)
+
+
+__all__ = ["METHODS", "Method", "StepOutput", "Targets", "Views", "build_model"]

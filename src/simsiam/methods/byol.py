@@ -14,13 +14,14 @@ lives in the state_dict (`target.*`), so checkpoints and --resume carry it.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .simsiam import prediction_mlp, projection_mlp, z_std
+from ..errors import ConfigError
+from .base import Method, StepOutput, Targets, Views
+from .heads import ema_tau, ema_update, prediction_mlp, projection_mlp, z_std
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -28,11 +29,13 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(p, z, dim=-1)).mean()
 
 
-def ema_tau(tau_base: float, progress: float) -> float:
-    return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
+class BYOL(Method):
+    # BYOL's colour jitter (saturation 0.2) and its asymmetric solarize (view 1: 0, view 2: 0.2).
+    # Its asymmetric blur (view 1: 1.0, view 2: 0.1) is left to the preset, because DEFAULTS apply
+    # after it and would turn blur on at 32 px, where the presets have none (App. D); at 224 px
+    # (--preset imagenet) add --blur-p 1.0 --blur-p2 0.1. BYOL decays the predictor's lr too.
+    DEFAULTS = dict(jitter=(0.4, 0.4, 0.2, 0.1), solarize_p2=0.2, fix_pred_lr=False)
 
-
-class BYOL(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
@@ -53,46 +56,34 @@ class BYOL(nn.Module):
         self.tau_base = tau_base
         self.dim = dim
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, **unused) -> dict[str, torch.Tensor]:
+    @classmethod
+    def from_config(cls, cfg, backbone: nn.Module, feature_dim: int) -> BYOL:
+        return cls(
+            backbone,
+            feature_dim,
+            dim=cfg.dim,
+            proj_hidden=cfg.proj_hidden,
+            proj_layers=cfg.proj_layers,
+            pred_dim=cfg.pred_dim,
+            tau_base=cfg.ema_tau,
+            predictor=cfg.predictor,
+        )
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        if not cfg.stop_gradient:
+            raise ConfigError("--no-stop-gradient does not apply to byol: its target is a moving average, not trained")
+
+    def forward(self, views: Views, targets: Targets | None = None) -> StepOutput:
+        x1, x2 = views.x1, views.x2
         z1, z2 = self.encoder(x1), self.encoder(x2)  # NxC each
         p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():  # BYOL's stop-gradient: the target branch has no graph at all
             t1, t2 = self.target(x1), self.target(x2)
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
-        return {"loss": loss, "z_std": z_std(z1), "z1": z1, "z2": z2, "p1": p1, "p2": p2}
+        return StepOutput(loss, z_std(z1), z1, z2, p1, p2)
 
-    @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        """f' <- tau f' + (1 - tau) f after every optimizer step. BN running statistics are copied
-        (in training the target's BN uses batch statistics; these only matter if f' is evaluated)."""
-        tau = ema_tau(self.tau_base, progress)
-        for t, o in zip(self.target.parameters(), self.encoder.parameters()):
-            t.mul_(tau).add_(o, alpha=1 - tau)
-        for t, o in zip(self.target.buffers(), self.encoder.buffers()):
-            t.copy_(o)
-
-    def param_groups(self) -> list[dict]:
-        return [
-            {"name": "encoder", "params": list(self.encoder.parameters()), "fix_lr": False},
-            {"name": "predictor", "params": list(self.predictor.parameters()), "fix_lr": True},
-        ]
-
-
-def build(cfg, backbone: nn.Module, feature_dim: int) -> BYOL:
-    return BYOL(
-        backbone,
-        feature_dim,
-        dim=cfg.dim,
-        proj_hidden=cfg.proj_hidden,
-        proj_layers=cfg.proj_layers,
-        pred_dim=cfg.pred_dim,
-        tau_base=cfg.ema_tau,
-        predictor=cfg.predictor,
-    )
-
-
-# BYOL's colour jitter (saturation 0.2) and its asymmetric solarize (view 1: 0, view 2: 0.2). Its
-# asymmetric blur (view 1: 1.0, view 2: 0.1) is left to the preset, because DEFAULTS apply after it
-# and would turn blur on at 32 px, where the presets have none (App. D); at 224 px (--preset
-# imagenet) add --blur-p 1.0 --blur-p2 0.1. BYOL decays the predictor's lr with the rest.
-DEFAULTS = dict(jitter=(0.4, 0.4, 0.2, 0.1), solarize_p2=0.2, fix_pred_lr=False)
+        """f' <- tau f' + (1 - tau) f after every optimizer step, tau from tau_base to 1 (cosine)."""
+        ema_update(self.target, self.encoder, ema_tau(self.tau_base, progress))

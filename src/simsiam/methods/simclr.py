@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._dist import gather_with_grad, rank_and_world
-from .simsiam import prediction_mlp, projection_mlp, z_std
+from .base import Method, StepOutput, Targets, Views
+from .heads import prediction_mlp, projection_mlp, z_std
 
 
 def nt_xent(a1: torch.Tensor, a2: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -39,7 +40,11 @@ def nt_xent(a1: torch.Tensor, a2: torch.Tensor, c1: torch.Tensor, c2: torch.Tens
     return F.cross_entropy(logits, positive)
 
 
-class SimCLR(nn.Module):
+class SimCLR(Method):
+    # SimCLR itself: no predictor, no stop-gradient. T = 0.2 for every dataset: inside SimCLR's
+    # ImageNet range (0.1-0.2 at batch 4096) and solo-learn's CIFAR value (lightly: 0.5 there).
+    DEFAULTS = dict(predictor=False, stop_gradient=False, temperature=0.2)
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -61,34 +66,23 @@ class SimCLR(nn.Module):
         self.stop_gradient = stop_gradient
         self.dim = dim
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, **unused) -> dict[str, torch.Tensor]:
-        z1, z2 = self.encoder(x1), self.encoder(x2)  # NxC each
+    @classmethod
+    def from_config(cls, cfg, backbone: nn.Module, feature_dim: int) -> SimCLR:
+        return cls(
+            backbone,
+            feature_dim,
+            dim=cfg.dim,
+            proj_hidden=cfg.proj_hidden,
+            proj_layers=cfg.proj_layers,
+            temperature=cfg.temperature,
+            predictor=cfg.predictor,
+            pred_dim=cfg.pred_dim,
+            stop_gradient=cfg.stop_gradient,
+        )
+
+    def forward(self, views: Views, targets: Targets | None = None) -> StepOutput:
+        z1, z2 = self.encoder(views.x1), self.encoder(views.x2)  # NxC each
         p1, p2 = self.predictor(z1), self.predictor(z2)  # NxC; p = z without the hub's predictor
         t1, t2 = (z1.detach(), z2.detach()) if self.stop_gradient else (z1, z2)  # the hub's stop-gradient
         loss = nt_xent(p1, p2, t1, t2, self.temperature)
-        return {"loss": loss, "z_std": z_std(z1), "z1": z1, "z2": z2, "p1": p1, "p2": p2}
-
-    def param_groups(self) -> list[dict]:
-        return [
-            {"name": "encoder", "params": list(self.encoder.parameters()), "fix_lr": False},
-            {"name": "predictor", "params": list(self.predictor.parameters()), "fix_lr": True},
-        ]
-
-
-def build(cfg, backbone: nn.Module, feature_dim: int) -> SimCLR:
-    return SimCLR(
-        backbone,
-        feature_dim,
-        dim=cfg.dim,
-        proj_hidden=cfg.proj_hidden,
-        proj_layers=cfg.proj_layers,
-        temperature=cfg.temperature,
-        predictor=cfg.predictor,
-        pred_dim=cfg.pred_dim,
-        stop_gradient=cfg.stop_gradient,
-    )
-
-
-# SimCLR itself: no predictor, no stop-gradient. T = 0.2 for every dataset: inside SimCLR's ImageNet
-# range (0.1-0.2 at batch 4096) and solo-learn's CIFAR value (lightly uses 0.5 there); --temperature.
-DEFAULTS = dict(predictor=False, stop_gradient=False, temperature=0.2)
+        return StepOutput(loss, z_std(z1), z1, z2, p1, p2)

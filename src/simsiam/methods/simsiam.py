@@ -6,6 +6,7 @@
 
 Each view goes through the encoder in its own forward pass, so BatchNorm statistics are per view
 as in the official code; `concat_views=True` does one pass over both (faster, different BN).
+The paper's ablations are constructor options; Sec. 5.2's experiments give the targets.
 """
 
 from __future__ import annotations
@@ -14,39 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def projection_mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 3, bn: str = "default") -> nn.Sequential:
-    """BN on every fc, output included (BN without affine); no ReLU on the output (Sec. 3).
-
-    The official code keeps the output fc's bias but freezes it ("hack: not use bias as it is
-    followed by BN"); BN cancels any bias, so we build the fc without one. `bn` is Table 3's
-    ablation: "none" (no BN, so fcs get biases), "hidden" (no BN on the output), "default"/"all".
-    """
-    hidden_bn, out_bn = bn != "none", bn in ("default", "all")
-    mods: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(layers - 1):
-        mods += [
-            nn.Linear(dim, hidden, bias=not hidden_bn),
-            *([nn.BatchNorm1d(hidden)] if hidden_bn else []),
-            nn.ReLU(inplace=True),
-        ]
-        dim = hidden
-    mods += [nn.Linear(dim, out_dim, bias=not out_bn), *([nn.BatchNorm1d(out_dim, affine=False)] if out_bn else [])]
-    return nn.Sequential(*mods)
-
-
-def prediction_mlp(dim: int, pred_dim: int, bn: str = "default") -> nn.Sequential:
-    """Bottleneck h: BN on the hidden fc only; the output fc has a bias and no BN (Sec. 3).
-    Table 3 (d), bn="all", adds BN to the output ("unstable"); bn="none" drops the hidden BN."""
-    hidden_bn = bn != "none"
-    return nn.Sequential(
-        nn.Linear(dim, pred_dim, bias=not hidden_bn),
-        *([nn.BatchNorm1d(pred_dim)] if hidden_bn else []),
-        nn.ReLU(inplace=True),
-        nn.Linear(pred_dim, dim),
-        *([nn.BatchNorm1d(dim)] if bn == "all" else []),
-    )
+from .base import Method, StepOutput, Targets, Views
+from .heads import prediction_mlp, projection_mlp, z_std
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -62,13 +32,11 @@ def cross_entropy_similarity(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 SIMILARITY = {"cosine": negative_cosine, "cross-entropy": cross_entropy_similarity}
 
 
-def z_std(z: torch.Tensor) -> torch.Tensor:
-    """Collapse statistic (Fig. 2): per-channel std of z/||z|| over the batch, averaged over
-    channels. About 1/sqrt(d) when the outputs spread over the sphere, 0 when collapsed."""
-    return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
+class SimSiam(Method):
+    OPTIONS = frozenset(
+        {"head_bn", "similarity", "symmetry", "fixed_predictor", "concat_views", "alternation", "target_memory"}
+    )
 
-
-class SimSiam(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
@@ -97,8 +65,27 @@ class SimSiam(nn.Module):
         self.symmetric = symmetric
         self.dim = dim
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, targets=None) -> dict[str, torch.Tensor]:
+    @classmethod
+    def from_config(cls, cfg, backbone: nn.Module, feature_dim: int) -> SimSiam:
+        return cls(
+            backbone,
+            feature_dim,
+            dim=cfg.dim,
+            pred_dim=cfg.pred_dim,
+            proj_layers=cfg.proj_layers,
+            proj_hidden=cfg.proj_hidden,
+            stop_gradient=cfg.stop_gradient,
+            predictor=cfg.predictor,
+            concat_views=cfg.concat_views,
+            head_bn=cfg.head_bn,
+            similarity=cfg.similarity,
+            symmetric=cfg.symmetry == "sym",
+            fixed_predictor=cfg.fixed_predictor,
+        )
+
+    def forward(self, views: Views, targets: Targets | None = None) -> StepOutput:
         """`targets=(t1, t2)` replaces the targets z1, z2 by given ones (Sec. 5.2: eta), no gradient."""
+        x1, x2 = views.x1, views.x2
         if self.concat_views:
             z1, z2 = self.encoder(torch.cat([x1, x2])).chunk(2)
         else:
@@ -112,34 +99,4 @@ class SimSiam(nn.Module):
             loss = self.similarity(p1, t2) / 2 + self.similarity(p2, t1) / 2  # Eq. 2
         else:
             loss = self.similarity(p1, t2)  # Sec. 4.6 "asym."
-        return {"loss": loss, "z_std": z_std(z1), "z1": z1, "z2": z2, "p1": p1, "p2": p2}
-
-    def param_groups(self) -> list[dict]:
-        """Encoder and predictor apart: the predictor's lr stays fixed with `fix_pred_lr`.
-        A fixed predictor is left out, so neither SGD nor weight decay moves it."""
-        return [
-            {"name": "encoder", "params": list(self.encoder.parameters()), "fix_lr": False},
-            {
-                "name": "predictor",
-                "params": [p for p in self.predictor.parameters() if p.requires_grad],
-                "fix_lr": True,
-            },
-        ]
-
-
-def build(cfg, backbone: nn.Module, feature_dim: int) -> SimSiam:
-    return SimSiam(
-        backbone,
-        feature_dim,
-        dim=cfg.dim,
-        pred_dim=cfg.pred_dim,
-        proj_layers=cfg.proj_layers,
-        proj_hidden=cfg.proj_hidden,
-        stop_gradient=cfg.stop_gradient,
-        predictor=cfg.predictor,
-        concat_views=cfg.concat_views,
-        head_bn=cfg.head_bn,
-        similarity=cfg.similarity,
-        symmetric=cfg.symmetry == "sym",
-        fixed_predictor=cfg.fixed_predictor,
-    )
+        return StepOutput(loss, z_std(z1), z1, z2, p1, p2)

@@ -5,7 +5,7 @@
     q = Sinkhorn-Knopp(sg(s))       codes: an equipartition of the batch over the prototypes
     L = swapped prediction: l(s2, q1) + l(s1, q2),  l(s, q) = -sum_k q_k log softmax(s / T)_k
 
-Multi-crop: the small views (`small`) predict the codes of both large views. A queue of past z
+Multi-crop: the small views (`views.small`) predict the codes of both large views. A queue of past z
 (`queue_size`, used from `queue_start_epoch` once full) enlarges the batch Sinkhorn balances:
 it is filled from the first step, with both views' z in one queue (the official code keeps one
 queue per view and starts filling at the start epoch). Prototypes are frozen during the first
@@ -20,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._dist import global_sum, rank_and_world
-from .simsiam import prediction_mlp, projection_mlp, z_std
+from .base import Method, ParamGroup, StepOutput, Targets, Views
+from .heads import prediction_mlp, projection_mlp, z_std
 
 
 def sinkhorn(scores: torch.Tensor, iters: int = 3, eps: float = 0.05) -> torch.Tensor:
@@ -36,7 +37,13 @@ def sinkhorn(scores: torch.Tensor, iters: int = 3, eps: float = 0.05) -> torch.T
     return (q * b).T
 
 
-class SwAV(nn.Module):
+class SwAV(Method):
+    OPTIONS = frozenset({"small_crops"})
+    # SwAV itself: no predictor, detached codes, T = 0.1 (SwAV's value for ImageNet and CIFAR).
+    DEFAULTS = dict(predictor=False, stop_gradient=True, temperature=0.1)
+    queue: torch.Tensor  # buffers: past z, newest rows first, and how many rows were filled
+    queued: torch.Tensor
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -70,6 +77,26 @@ class SwAV(nn.Module):
         self.epoch = 0  # set by the loop's on_epoch_start (also after a resume)
         self.dim = dim
 
+    @classmethod
+    def from_config(cls, cfg, backbone: nn.Module, feature_dim: int) -> SwAV:
+        return cls(
+            backbone,
+            feature_dim,
+            dim=cfg.dim,
+            proj_hidden=cfg.proj_hidden,
+            proj_layers=cfg.proj_layers,
+            prototypes=cfg.prototypes,
+            temperature=cfg.temperature,
+            sinkhorn_iters=cfg.sinkhorn_iters,
+            sinkhorn_eps=cfg.sinkhorn_eps,
+            freeze_epochs=cfg.freeze_prototypes_epochs,
+            queue_size=cfg.queue_size,
+            queue_start_epoch=cfg.queue_start_epoch,
+            predictor=cfg.predictor,
+            pred_dim=cfg.pred_dim,
+            stop_gradient=cfg.stop_gradient,
+        )
+
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -82,57 +109,34 @@ class SwAV(nn.Module):
                 s = torch.cat([s, self.prototypes(self.queue)])  # (N + Q) x K
         return sinkhorn(s, self.iters, self.eps)[:n]
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, small=None, **unused) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, targets: Targets | None = None) -> StepOutput:
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
-        views = [x1, x2, *(small or [])]
-        z = [self.encoder(x) for x in views]  # the projector's outputs, NxC each (before the l2 norm)
+        xs = [views.x1, views.x2, *views.small]
+        z = [self.encoder(x) for x in xs]  # the projector's outputs, NxC each (before the l2 norm)
         scores = [self.prototypes(F.normalize(zi, dim=1)) for zi in z[:2]]  # NxK, for the codes
         preds = [self.prototypes(F.normalize(self.predictor(zi), dim=1)) for zi in z]  # NxK, predicting
-        loss = 0.0
-        for i in range(2):  # the large views give codes; every other view predicts them
+
+        def swapped(i: int) -> torch.Tensor:  # every other view predicts large view i's codes
             q = self.codes(scores[i])
-            others = [v for v in range(len(views)) if v != i]
-            loss = loss + sum(
-                -(q * F.log_softmax(preds[v] / self.temperature, dim=1)).sum(dim=1).mean() for v in others
-            ) / len(others)
+            others = [v for v in range(len(xs)) if v != i]
+            terms = [-(q * F.log_softmax(preds[v] / self.temperature, dim=1)).sum(dim=1).mean() for v in others]
+            return sum(terms) / len(others)  # type: ignore[return-value]
+
+        loss = 0.0 + swapped(0) + swapped(1)
         if len(self.queue):
             with torch.no_grad():
                 new = F.normalize(torch.cat(z[:2]).float(), dim=1)  # 2N x C
                 self.queue.copy_(torch.cat([new, self.queue])[: len(self.queue)])
                 self.queued += len(new)
-        return {"loss": loss / 2, "z_std": z_std(z[0]), "z1": z[0], "z2": z[1]}
+        return StepOutput(loss / 2, z_std(z[0]), z[0], z[1])
 
     def after_backward(self, epoch: int) -> None:
         if epoch < self.freeze_epochs:  # no gradient: SGD skips them, no step, no weight decay
             self.prototypes.weight.grad = None
 
-    def param_groups(self) -> list[dict]:
+    def param_groups(self) -> list[ParamGroup]:
         return [
             {"name": "encoder", "params": [*self.encoder.parameters(), *self.prototypes.parameters()], "fix_lr": False},
             {"name": "predictor", "params": list(self.predictor.parameters()), "fix_lr": True},
         ]
-
-
-def build(cfg, backbone: nn.Module, feature_dim: int) -> SwAV:
-    return SwAV(
-        backbone,
-        feature_dim,
-        dim=cfg.dim,
-        proj_hidden=cfg.proj_hidden,
-        proj_layers=cfg.proj_layers,
-        prototypes=cfg.prototypes,
-        temperature=cfg.temperature,
-        sinkhorn_iters=cfg.sinkhorn_iters,
-        sinkhorn_eps=cfg.sinkhorn_eps,
-        freeze_epochs=cfg.freeze_prototypes_epochs,
-        queue_size=cfg.queue_size,
-        queue_start_epoch=cfg.queue_start_epoch,
-        predictor=cfg.predictor,
-        pred_dim=cfg.pred_dim,
-        stop_gradient=cfg.stop_gradient,
-    )
-
-
-# SwAV itself: no predictor, detached codes, T = 0.1 (SwAV's value for ImageNet and CIFAR).
-DEFAULTS = dict(predictor=False, stop_gradient=True, temperature=0.1)

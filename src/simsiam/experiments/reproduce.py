@@ -25,29 +25,25 @@ most groups share trains once. Changed code (or `--fresh`) trains every variant 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import statistics
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
-from .config import Config, from_preset
-from .errors import ConfigError
+from ..config import Config, from_preset
+from ..errors import ConfigError
+from .plots import plot_runs
+from .runner import Variant, run_variants
+from .tables import checks as checks_table
+from .tables import table
 
 NOISE = 2.0  # kNN points: what CPU-scale differences below this cannot tell apart (see docs/reproduction.md)
 SCALES = {
     "cpu": dict(preset="digits", overrides=dict(epochs=10, knn_every=0, report=False)),
     "paper": dict(preset="imagenet", overrides=dict(epochs=100, batch_size=512, lr=0.05, report=False)),
 }
-
-
-@dataclass
-class Variant:
-    label: str
-    overrides: dict = field(default_factory=dict)
-    paper: float | None = None  # ImageNet linear top-1, 100 epochs (DESIGN.md Sec. 3)
 
 
 def _batch(scale: str) -> list[Variant]:
@@ -168,66 +164,6 @@ def run_group(
     return results
 
 
-def run_variants(
-    jobs: list[tuple[Variant, Config, Path]],
-    index_path: Path,
-    log=print,
-    name: str = "",
-    runner=None,
-    fresh: bool = False,
-) -> list[dict]:
-    """Train each (variant, config, run_dir) unless a run of the same configuration finished under
-    the index with the same simsiam source code (then its summary is reused); `fresh` retrains
-    regardless. `runner(cfg) -> summary` defaults to `train`."""
-    from .train import train
-
-    code = code_fingerprint()
-    rows = []
-    for v, cfg, run_dir in jobs:
-        index = json.loads(index_path.read_text()) if index_path.exists() else {}
-        key = config_key(cfg)
-        entry = index.get(key) or {}
-        if isinstance(entry, str):  # index written before the code fingerprint was recorded
-            entry = {"run_dir": entry, "code": None}
-        run_dir = Path(entry.get("run_dir") or run_dir)
-        done = run_dir / "summary.json"
-        reuse = done.exists() and not fresh and entry.get("code") == code
-        if reuse:
-            summary = json.loads(done.read_text())
-            log(f"{name} / {v.label} (seed {cfg.seed}): same configuration and code already trained in {run_dir}")
-        else:
-            why = ("--fresh" if fresh else "trained by other simsiam code") if done.exists() else ""
-            log(f"{name} / {v.label} (seed {cfg.seed}) -> {run_dir}" + (f" (again: {why})" if why else ""))
-            if run_dir.exists():  # interrupted, stale or --fresh: start it again from scratch
-                _clear(run_dir)
-            summary = (runner or train)(cfg.replace(run_dir=str(run_dir)))
-            index_path.parent.mkdir(parents=True, exist_ok=True)
-            index = json.loads(index_path.read_text()) if index_path.exists() else {}
-            index[key] = {"run_dir": str(run_dir), "code": code}
-            index_path.write_text(json.dumps(index, indent=1) + "\n")
-        rows.append({**summary, "variant": v.label, "seed": cfg.seed, "paper": v.paper, "run_dir": str(run_dir)})
-    return rows
-
-
-def config_key(cfg: Config) -> str:
-    """Identity of a training configuration (everything but where it is written)."""
-    return hashlib.sha256(json.dumps(cfg.replace(run_dir=None).to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def code_fingerprint() -> str:
-    """Hash of the installed simsiam sources: a finished run is reused only by the code that made it."""
-    h = hashlib.sha256()
-    root = Path(__file__).parent
-    for f in sorted(root.rglob("*.py")):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _clear(run_dir: Path) -> None:
-    for p in sorted(run_dir.rglob("*"), reverse=True):
-        p.rmdir() if p.is_dir() else p.unlink()
-
-
 def _aggregate(rows: list[dict]) -> dict:
     """Per variant: mean (and std over seeds) of kNN, z-std / (1/sqrt d), collapsed in any seed."""
     out: dict[str, dict] = {}
@@ -341,52 +277,62 @@ CHECKS = {
 
 
 def markdown(results: dict) -> str:
-    lines = [
-        f"### {results['group']} ({results['scale']} scale, {results['date']})",
-        "",
-        "| variant | kNN top-1 (ours) | random init | z-std / (1/sqrt d) | collapsed | paper (ImageNet linear) "
-        "| scale |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for label, v in results["variants"].items():
-        knn = (
-            "n/a"
-            if v["knn"] is None
-            else f"{v['knn']:.2f}" + (f" ± {v['knn_std']:.2f}" if v["knn_std"] is not None else "")
-        )
+        knn = "n/a" if v["knn"] is None else f"{v['knn']:.2f}"
+        if v["knn"] is not None and v["knn_std"] is not None:
+            knn += f" ± {v['knn_std']:.2f}"
         rnd = "n/a" if v["knn_random"] is None else f"{v['knn_random']:.2f}"
-        paper = (
-            "unstable"
-            if v["paper"] is None and "pred. output" in label
-            else ("-" if v["paper"] is None else f"{v['paper']:.1f}")
-        )
-        lines.append(
-            f"| {label} | {knn} | {rnd} | {v['z_ratio']:.2f} | {'yes' if v['collapsed'] else 'no'} | {paper} "
-            f"| {v['scale']}, {v['seeds']} seed(s) |"
-        )
+        paper = "-" if v["paper"] is None else f"{v['paper']:.1f}"
+        if v["paper"] is None and "pred. output" in label:
+            paper = "unstable"
+        collapsed = "yes" if v["collapsed"] else "no"
+        scale = f"{v['scale']}, {v['seeds']} seed(s)"
+        rows.append([label, knn, rnd, f"{v['z_ratio']:.2f}", collapsed, paper, scale])
+    header = ["variant", "kNN top-1 (ours)", "random init", "z-std / (1/sqrt d)", "collapsed"]
+    header += ["paper (ImageNet linear)", "scale"]
+    lines = [f"### {results['group']} ({results['scale']} scale, {results['date']})", "", *table(header, rows)]
     if results["checks"]:
-        lines += ["", "| paper's claim | held here | measured |", "|---|---|---|"]
-        lines += [f"| {c['claim']} | {'yes' if c['held'] else '**no**'} | {c['detail']} |" for c in results["checks"]]
+        lines += ["", *checks_table(results["checks"])]
     return "\n".join(lines) + "\n"
 
 
 def _plot(rows: list[dict], path: Path, group: str) -> None:
-    from .report import plot_curves
-    from .runs import read_metrics
-
-    curves = {}
-    for r in rows:
-        if r["seed"] == 0:
-            curves[r["variant"]] = read_metrics(r["run_dir"])
     healthy = rows[0].get("z_std_healthy") if rows else None
     same_d = len({r["z_std_healthy"] for r in rows}) == 1
-    fig = plot_curves(
-        curves,
+    plot_runs(
+        rows,
+        path,
         "z_std",
         f"{group}: std of l2-normalised z",
         "z-std",
         hline=healthy if same_d else None,
         scale_by_healthy=not same_d,
     )
-    if fig is not None:
-        fig.savefig(path)
+
+
+def reproduce(
+    names: list[str],
+    out: str | Path = "runs/reproduce",
+    scale: str = "cpu",
+    seeds: int = 1,
+    preset: str | None = None,
+    log: Callable[[str], None] = print,
+    fresh: bool = False,
+    **common,
+) -> list[dict]:
+    """`simsiam reproduce`: run each group, print its table; several groups also go to OUT/tables.md.
+    Returns each group's results."""
+    if seeds <= 0:
+        raise ConfigError("--seeds must be positive")
+    out = Path(out)
+    results = []
+    for group in names:
+        results.append(run_group(group, out, scale, seeds, preset, log=log, fresh=fresh, **common))
+        log((out / group / "table.md").read_text())
+    if len(names) > 1:
+        (out / "tables.md").write_text("\n".join(markdown(r) for r in results))
+    held = [c for r in results for c in r["checks"]]
+    if held:
+        log(f"paper's claims held here: {sum(c['held'] for c in held)} of {len(held)}; tables in {out}")
+    return results

@@ -1,0 +1,116 @@
+"""What a run shows and records while it trains: the progress bar, each epoch's line in
+RUN_DIR/metrics.jsonl (and TensorBoard with --tensorboard), the stop on a non-finite loss and the
+"looks collapsed" warning.
+
+Per step it only adds the loss and z-std to sums kept on the device; it reads them back (a host
+sync) every `log_every` steps and at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .errors import ConfigError, TrainingError
+from .methods.base import StepOutput
+from .runtime import log
+
+
+class Monitor:
+    def __init__(self, cfg, run_dir: Path, steps_per_epoch: int, start_epoch: int, z_healthy: float):
+        self.cfg, self.run_dir, self.z_healthy = cfg, run_dir, z_healthy
+        self.steps_per_epoch = steps_per_epoch
+        self.writer = _tensorboard(run_dir) if cfg.tensorboard else None
+        self.low_epochs = 0  # consecutive epochs with z-std under the collapse threshold
+        self.bar = tqdm(
+            total=steps_per_epoch * cfg.epochs,
+            initial=start_epoch * steps_per_epoch,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+            file=sys.stderr,
+        )
+
+    def start_epoch(self, epoch: int, device: torch.device) -> None:
+        self.epoch, self.t0, self.steps = epoch, time.perf_counter(), 0
+        self.loss_sum = torch.zeros((), device=device)
+        self.zstd_sum = torch.zeros((), device=device)
+        self.bar.set_description(f"epoch {epoch + 1}/{self.cfg.epochs}")
+
+    def step(self, step: int, out: StepOutput) -> None:
+        self.loss_sum += out.loss.detach().float()
+        self.zstd_sum += out.z_std
+        self.steps, self.last = self.steps + 1, out
+        self.bar.update(1)
+        if (step + 1) % self.cfg.log_every == 0:
+            loss = self._finite(out.loss, step)
+            if self.writer is not None:
+                global_step = self.epoch * self.steps_per_epoch + step + 1
+                self.writer.add_scalar("step/loss", loss, global_step)
+                self.writer.add_scalar("step/z_std", out.z_std.item(), global_step)
+            images_per_second = (step + 1) * self.cfg.batch_size / (time.perf_counter() - self.t0)
+            self.bar.set_postfix(
+                loss=f"{loss:.4f}", z_std=f"{out.z_std.item():.4f}", img_s=f"{images_per_second:.0f}", refresh=False
+            )
+
+    def end_epoch(self) -> dict:
+        """The epoch's mean loss and z-std, its speed and duration; never a non-finite epoch."""
+        self._finite(self.last.loss, self.steps - 1)
+        seconds = time.perf_counter() - self.t0
+        return {
+            "loss": (self.loss_sum / self.steps).item(),
+            "z_std": (self.zstd_sum / self.steps).item(),
+            "images_per_second": self.steps * self.cfg.batch_size / seconds,
+            "epoch_seconds": seconds,
+        }
+
+    def record(self, row: dict) -> None:
+        """Append the epoch's row to metrics.jsonl (and TensorBoard); warn when it looks collapsed."""
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        threshold = self.cfg.collapse_fraction * self.z_healthy
+        self.low_epochs = self.low_epochs + 1 if row["z_std"] < threshold else 0
+        if self.low_epochs == self.cfg.collapse_patience:
+            log(
+                f"warning: looks collapsed: z-std {row['z_std']:.4f} has been under {self.cfg.collapse_fraction:g} x "
+                f"1/sqrt(d) = {threshold:.4f} for {self.low_epochs} epochs (loss {row['loss']:.3f}). "
+                "Likely causes: no stop-gradient or no predictor (the paper's collapse cases), an lr too high, "
+                "or BN removed from the heads."
+            )
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
+            for name, value in row["lr_groups"].items():
+                self.writer.add_scalar(f"lr/{name}", value, row["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def _finite(self, loss: torch.Tensor, step: int) -> float:
+        value = loss.item()
+        if not math.isfinite(value):
+            epoch = self.epoch
+            kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "no checkpoint was written yet"
+            raise TrainingError(
+                f"loss is {value} at epoch {epoch + 1}, step {step + 1}; lower --lr (now {self.cfg.lr:g}) "
+                f"or check the data; {kept}"
+            )
+        return value
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))

@@ -1,0 +1,62 @@
+"""View plans: what one training step feeds the method, drawn from a batch of uint8 images.
+
+SimSiam (and every method by default) takes one augmentation pair per image (Eq. 2). Two
+experiments change that, and only that, without a branch in the step loop:
+- asym. 2x (Sec. 4.6, `--symmetry asym2x`): two augmentation pairs per image, each forwarded on
+  its own, the two losses averaged ("one more prediction per image, as the symmetric loss has");
+- multi-crop (SwAV, `--small-crops N`): N small views drawn after each pair's two large ones.
+All randomness comes from the run's generator, in a fixed order, so a seeded run is reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .data.augment import Augment
+from .methods.base import StepOutput, Views
+
+
+@dataclass
+class ViewPlan:
+    augment: Augment
+    gen: torch.Generator  # the run's generator (data order + augmentation)
+    pairs: int = 1  # augmentation pairs per image and step (2: asym. 2x)
+    small_crops: int = 0  # multi-crop's extra small views per pair
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    @classmethod
+    def from_config(cls, cfg, gen: torch.Generator) -> ViewPlan:
+        return cls(
+            Augment.from_config(cfg),
+            gen,
+            pairs=2 if cfg.symmetry == "asym2x" else 1,
+            small_crops=cfg.small_crops,
+            memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format,
+        )
+
+    def draw(self, images: torch.Tensor) -> list[Views]:
+        """`pairs` Views of the batch, each with its small views (if any) drawn right after it."""
+        plan = []
+        for _ in range(self.pairs):
+            x1, x2 = (self._format(x) for x in self.augment.two_views(images, self.gen))
+            small = ()
+            if self.small_crops:
+                small = tuple(self._format(x) for x in self.augment.small_views(images, self.gen, self.small_crops))
+            plan.append(Views(x1, x2, small))
+        return plan
+
+    def one_view(self, images: torch.Tensor) -> torch.Tensor:
+        """A single augmented view (T'(x) of Sec. 5.2's target memory)."""
+        return self._format(self.augment(images, self.gen))
+
+    @staticmethod
+    def combine(outs: list[StepOutput]) -> StepOutput:
+        """One output per step: the pairs' mean loss; z-std and z from the first pair."""
+        if len(outs) == 1:
+            return outs[0]
+        return outs[0]._replace(loss=sum(o.loss for o in outs) / len(outs))
+
+    def _format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.memory_format)
