@@ -63,11 +63,11 @@ def save(path: Path, state: dict) -> None:
         ) from None
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True):
-    """torch.load; with weights_only=True tensors and plain Python values only, so a crafted file
+def load(path: str | Path, map_location: str | torch.device = "cpu"):
+    """torch.load with weights_only=True: tensors and plain Python values only, so a crafted file
     cannot run code while it is read. Any failure is one DataError line naming the file."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise DataError(
             f"{path} holds objects other than tensors and plain values; refusing to load it (unpickling could "

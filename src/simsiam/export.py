@@ -137,5 +137,5 @@ def _load_projector(source, cfg, device):
     if not ckpt.exists():
         raise DataError(f"--projector needs a run directory with {checkpoint.CHECKPOINT}; {source} has none")
     model = build_model(cfg)
-    model.load_state_dict(checkpoint.plain_keys(checkpoint.load(ckpt, weights_only=False)["model"]))
+    model.load_state_dict(checkpoint.plain_keys(checkpoint.load(ckpt)["model"]))
     return model.projector.to(device).eval()

@@ -30,11 +30,11 @@ def load_backbone(source: str | Path, device: str | torch.device = "cpu") -> tup
         if (source / "backbone.pt").exists():
             weights = checkpoint.load(source / "backbone.pt")
         elif (source / checkpoint.CHECKPOINT).exists():
-            weights = _backbone_from_model(checkpoint.load(source / checkpoint.CHECKPOINT, weights_only=False)["model"])
+            weights = _backbone_from_model(checkpoint.load(source / checkpoint.CHECKPOINT)["model"])
         else:
             raise DataError(f"{source} holds no backbone.pt or checkpoint.pt; has its first epoch finished?")
     elif source.is_file():
-        cfg, weights = _from_checkpoint_dict(checkpoint.load(source, weights_only=False), source)
+        cfg, weights = _from_checkpoint_dict(checkpoint.load(source), source)
     else:
         raise DataError(f"{source} does not exist; give a run directory or a checkpoint file")
     backbone, _ = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width)

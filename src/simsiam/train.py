@@ -239,7 +239,7 @@ def setup(cfg: Config) -> Run:
     targets = target_provider(cfg, method.encoder, train_set, plan, method.dim, device, lambda: autocast(device, bf16))
     run = Run(cfg, run_dir, device, bf16, train_set, bank_set, test_set, method, method, optimizer, plan, targets, gen)
     if cfg.resume:
-        resume(run, checkpoint.load(ckpt_path, map_location=device, weights_only=False))
+        resume(run, checkpoint.load(ckpt_path, map_location=device))
     else:
         start(run)
 
