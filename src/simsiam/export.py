@@ -84,7 +84,13 @@ def list_images(root) -> list[str]:
 
 @torch.no_grad()
 def embed_folder(
-    source, data_dir, out, batch_size: int = 256, projector: bool = False, device: str = "cpu", progress: bool = True
+    source,
+    data_dir,
+    out,
+    batch_size: int = 256,
+    projector: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
 ) -> dict:
     """Backbone features (N, D) of every image under data_dir to `out` (.npy) and the image paths,
     in the same order, to `out` with .csv. With projector=True also z = projector(features) to

@@ -102,8 +102,8 @@ def write_report(
                         caption=f"{hits[0]} of {hits[1]} neighbours shown share their query's class.",
                     )
             if embedding_map:
-                fig, why = plot_embedding(test_feats, test_set.labels, test_set.classes, max_points, embedding_method)
-                add("embedding.png", f"Embedding map ({embedding_method})", fig, why)
+                emb, why = plot_embedding(test_feats, test_set.labels, test_set.classes, max_points, embedding_method)
+                add("embedding.png", f"Embedding map ({embedding_method})", emb, why)
 
     page = out / "summary.md"
     page.write_text(_markdown(run_dir, metrics, summary, cfg, figures, notes))
@@ -370,7 +370,7 @@ def plot_embedding(
         xy = TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=SEED).fit_transform(
             x
         )
-    labels = labels.cpu().numpy()
+    y = labels.cpu().numpy()
     fig = _figure((7, 5.5))
     ax = fig.subplots()
     many = len(classes) > MAX_LEGEND
@@ -378,8 +378,8 @@ def plot_embedding(
         palette = matplotlib.colormaps["nipy_spectral"].resampled(len(classes))
     else:
         palette = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
-    for c in np.unique(labels):
-        pts = xy[labels == c]
+    for c in np.unique(y):
+        pts = xy[y == c]
         colour = palette(int(c) % palette.N)
         ax.scatter(pts[:, 0], pts[:, 1], s=8, color=colour, label=None if many else classes[c], alpha=0.8)
     name = "t-SNE" if method == "tsne" else "UMAP"

@@ -158,7 +158,7 @@ def finish(run: Run, last: dict | None) -> dict:
     if last is None:  # resumed a finished run: nothing trained, report the stored numbers
         last = read_metrics(run.run_dir)[-1]
         if "knn_top1" not in last:
-            last["knn_top1"] = knn(run)
+            last["knn_top1"] = knn(run) if run.has_labels else None
     torch.save(checkpoint.plain_keys(run.method.backbone.state_dict()), run.run_dir / "backbone.pt")
     summary = {
         "method": cfg.method,
@@ -188,10 +188,8 @@ def finish(run: Run, last: dict | None) -> dict:
     return summary
 
 
-def knn(run: Run) -> float | None:
-    """The kNN monitor: top-1 with the labelled train images as the bank (None without labels)."""
-    if not run.has_labels:
-        return None
+def knn(run: Run) -> float:
+    """The kNN monitor: top-1 with the labelled train images as the bank (needs `run.has_labels`)."""
     cfg = run.cfg
     return knn_accuracy(
         run.method.backbone,
@@ -286,8 +284,8 @@ def start(run: Run) -> None:
     """A new run: an empty metrics.jsonl, kNN at random init, the target provider's first pass."""
     (run.run_dir / "metrics.jsonl").write_text("")
     if run.cfg.knn_random_init and run.has_labels:
-        run.knn_random = knn(run)
-        log(f"kNN top-1 of the backbone at random init: {100 * run.knn_random:.2f}%")
+        run.knn_random = top1 = knn(run)
+        log(f"kNN top-1 of the backbone at random init: {100 * top1:.2f}%")
     run.targets.start()
 
 

@@ -41,7 +41,7 @@ class ViewPlan:
         plan = []
         for _ in range(self.pairs):
             x1, x2 = (self._format(x) for x in self.augment.two_views(images, self.gen))
-            small = ()
+            small: tuple[torch.Tensor, ...] = ()
             if self.small_crops:
                 small = tuple(self._format(x) for x in self.augment.small_views(images, self.gen, self.small_crops))
             plan.append(Views(x1, x2, small))
@@ -56,7 +56,10 @@ class ViewPlan:
         """One output per step: the pairs' mean loss; z-std and z from the first pair."""
         if len(outs) == 1:
             return outs[0]
-        return outs[0]._replace(loss=sum(o.loss for o in outs) / len(outs))
+        loss = outs[0].loss
+        for o in outs[1:]:
+            loss = loss + o.loss
+        return outs[0]._replace(loss=loss / len(outs))
 
     def _format(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=self.memory_format)

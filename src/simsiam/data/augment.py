@@ -80,7 +80,8 @@ class Augment:
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n = images.shape[0]
         rand = lambda *shape: torch.rand(*shape, generator=g, device=images.device)  # noqa: E731
-        x = resized_crop(images, crop_boxes(n, *images.shape[-2:], self.crop_scale, self.crop_ratio, rand), self.size)
+        height, width = images.shape[-2:]
+        x = resized_crop(images, crop_boxes(n, height, width, self.crop_scale, self.crop_ratio, rand), self.size)
         if self.jitter_p > 0 and any(self.jitter):
             x = color_jitter(x, rand(n) < self.jitter_p, self.jitter, rand)
         if self.gray_p > 0:

@@ -16,6 +16,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -78,8 +79,8 @@ class FileSet:
         return len(self.paths)
 
     def select(self, idx: torch.Tensor) -> FileSet:
-        idx = torch.as_tensor(idx).flatten().tolist()
-        return FileSet([self.paths[i] for i in idx], self.labels[idx], self.classes, self.size, self.strict)
+        rows = torch.as_tensor(idx).flatten().tolist()
+        return FileSet([self.paths[i] for i in rows], self.labels[rows], self.classes, self.size, self.strict)
 
     def to(self, device) -> FileSet:
         return self  # batches move to the device as they are drawn
@@ -125,12 +126,17 @@ class _Decode(torch.utils.data.Dataset):
         return None if a is None else torch.from_numpy(a).permute(2, 0, 1)
 
 
+Images = ImageSet | FileSet  # in memory, or streamed from disk: the same interface
+T = TypeVar("T", ImageSet, FileSet)
+
+
 def _stack_good(items):
     good = [x for x in items if x is not None]
     return (torch.stack(good) if good else torch.zeros(0, dtype=torch.uint8)), len(items) - len(good)
 
 
-def load_splits(cfg) -> tuple[ImageSet, ImageSet]:
+def load_splits(cfg) -> tuple[Images, Images]:
+    """(train, test) of `cfg`'s data: ImageSets in memory, or FileSets when a folder is streamed."""
     if cfg.dataset == "digits":
         return holdout_split(load_digits(cfg.stored_size), cfg.holdout)
     cache = cache_root(cfg.cache_dir) if cfg.cache else None
@@ -147,9 +153,10 @@ def load_splits(cfg) -> tuple[ImageSet, ImageSet]:
     )
 
 
-def labeled_splits(cfg, purpose: str = "evaluation") -> tuple[ImageSet, ImageSet]:
+def labeled_splits(cfg, purpose: str = "evaluation") -> tuple[Images, Images]:
     """(train, test) of `cfg`'s data with the labelled images only, or a DataError naming the fix."""
-    train, test = (split.labeled() for split in load_splits(cfg))
+    train, test = load_splits(cfg)
+    train, test = train.labeled(), test.labeled()
     if len(train) == 0 or len(test) == 0:
         raise DataError(
             f"{purpose} needs labelled images and {cfg.data_dir or cfg.dataset} has none; "
@@ -173,7 +180,7 @@ def load_digits(size: int = 32) -> ImageSet:
     return ImageSet(x, torch.tensor(d.target, dtype=torch.int64), [str(i) for i in range(10)])
 
 
-def holdout_split(data: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet]:
+def holdout_split(data: T, fraction: float) -> tuple[T, T]:
     g = torch.Generator().manual_seed(HOLDOUT_SEED)
     perm = torch.randperm(len(data), generator=g)
     n_test = max(1, int(round(fraction * len(data))))
@@ -221,7 +228,7 @@ def load_torchvision(name: str, root: str | None, size: int, cache_dir: str | No
         raise DataError(
             f"could not download {name} into {root} ({e}); download it on a machine with internet and pass --data-dir"
         ) from None
-    return tuple(
+    return tuple(  # type: ignore[return-value]  # two items: train, test
         ImageSet(
             _resize_uint8(torch.from_numpy(np.ascontiguousarray(x)), size),
             torch.as_tensor(y, dtype=torch.int64),
@@ -279,10 +286,11 @@ def load_folder(
             os.path.join(root, "train"),
             next(os.path.join(root, s) for s in ("test", "val") if os.path.isdir(os.path.join(root, s))),
         ]
-    listed, classes = [], None
+    listed: list[list[tuple[str, int]]] = []
+    classes: list[str] = []
     for d in dirs:
         found, samples = _list_samples(d)
-        if classes is not None and found != classes:
+        if listed and found != classes:
             raise DataError(
                 f"the classes of {d} ({len(found)}) differ from the training split's ({len(classes)}); "
                 "give both splits the same class folders"
@@ -292,6 +300,7 @@ def load_folder(
     n = sum(len(s) for s in listed)
     if placement == "auto":
         placement = "stream" if n * 3 * size * size > memory_budget_gb * 2**30 else "memory"
+    sets: list[Any]
     if placement == "stream":
         sets = [
             FileSet([p for p, _ in s], torch.tensor([y for _, y in s], dtype=torch.int64), classes, size, strict)
@@ -326,8 +335,10 @@ def read_image_folder(root: str, size: int, strict: bool = False, cache: Path | 
 
 
 def _decode_samples(root, samples, found, size, strict, cache) -> ImageSet:
-    key = _cache_key(samples, size) if cache else None
-    cached = _load_cache(cache, key) if cache else None
+    cached = None
+    if cache:
+        key = _cache_key(samples, size)
+        cached = _load_cache(cache, key)
     if cached is not None:
         images, labels, bad = cached
     else:
@@ -376,7 +387,7 @@ def decode_image(path: str, size: int) -> np.ndarray | None:
             if im.size != (size, size):
                 w, h = im.size
                 s = size / min(w, h)
-                im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+                im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
                 left, top = (im.width - size) // 2, (im.height - size) // 2
                 im = im.crop((left, top, left + size, top + size))
             return np.array(im, dtype=np.uint8)  # a writable copy

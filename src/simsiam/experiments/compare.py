@@ -24,7 +24,7 @@ from ..config import Config, from_preset
 from ..errors import ConfigError, DataError
 from ..methods import METHODS
 from .plots import plot_runs
-from .runner import Variant, config_key, run_variants, train_in_subprocess
+from .runner import Scale, Variant, config_key, run_variants, train_in_subprocess
 from .tables import pct, table
 
 PAPER = {  # Table 4: ImageNet linear top-1 at 100 / 200 / 400 / 800 epochs
@@ -34,8 +34,8 @@ PAPER = {  # Table 4: ImageNet linear top-1 at 100 / 200 / 400 / 800 epochs
     "swav": (66.5, 69.1, 70.7, 71.8),
 }
 SCALES = {
-    "cpu": dict(preset="digits", overrides=dict(epochs=10, knn_every=1, report=False)),
-    "paper": dict(preset="imagenet", overrides=dict(epochs=100, batch_size=512, knn_every=10, report=False)),
+    "cpu": Scale("digits", dict(epochs=10, knn_every=1, report=False)),
+    "paper": Scale("imagenet", dict(epochs=100, batch_size=512, knn_every=10, report=False)),
 }
 AUGMENTATION = (
     "crop_scale",
@@ -60,9 +60,9 @@ def method_config(
     if scale not in SCALES:
         raise ConfigError(f"--scale must be cpu or paper, got {scale!r}")
     base = SCALES[scale]
-    cfg = from_preset(preset or base["preset"], **{**base["overrides"], **common, "method": method})
+    cfg = from_preset(preset or base.preset, **{**base.overrides, **common, "method": method})
     if not own_augmentation:  # undo the method's augmentation defaults: SimSiam's inputs for everyone
-        simsiam = from_preset(preset or base["preset"], **{**base["overrides"], **common})
+        simsiam = from_preset(preset or base.preset, **{**base.overrides, **common})
         cfg = cfg.replace(**{k: getattr(simsiam, k) for k in AUGMENTATION if k in METHODS[method].DEFAULTS})
     return cfg
 

@@ -31,18 +31,19 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..config import Config, from_preset
 from ..errors import ConfigError
 from .plots import plot_runs
-from .runner import Variant, run_variants
+from .runner import Scale, Variant, run_variants
 from .tables import checks as checks_table
 from .tables import table
 
 NOISE = 2.0  # kNN points: what CPU-scale differences below this cannot tell apart (see docs/reproduction.md)
 SCALES = {
-    "cpu": dict(preset="digits", overrides=dict(epochs=10, knn_every=0, report=False)),
-    "paper": dict(preset="imagenet", overrides=dict(epochs=100, batch_size=512, lr=0.05, report=False)),
+    "cpu": Scale("digits", dict(epochs=10, knn_every=0, report=False)),
+    "paper": Scale("imagenet", dict(epochs=100, batch_size=512, lr=0.05, report=False)),
 }
 
 
@@ -122,7 +123,7 @@ def configs(
     base = SCALES[scale]
     out = []
     for v in GROUPS[group](scale):
-        cfg = from_preset(preset or base["preset"], **{**base["overrides"], **common, **v.overrides, "seed": seed})
+        cfg = from_preset(preset or base.preset, **{**base.overrides, **common, **v.overrides, "seed": seed})
         out.append((v, cfg))
     return out
 
@@ -150,7 +151,7 @@ def run_group(
         for v, cfg in configs(group, scale, preset, seed, **common)
     ]
     rows = run_variants(jobs, Path(out) / "index.json", log, group, fresh=fresh)
-    results = {
+    results: dict[str, Any] = {
         "group": group,
         "scale": scale,
         "date": time.strftime("%Y-%m-%d"),

@@ -23,6 +23,14 @@ from ..config import Config
 from ..errors import TrainingError
 
 
+@dataclass(frozen=True)
+class Scale:
+    """A base preset and the overrides every run of an experiment at this scale gets."""
+
+    preset: str
+    overrides: dict
+
+
 @dataclass
 class Variant:
     label: str
@@ -45,9 +53,9 @@ def run_variants(
     simsiam source code (then its summary is reused); `fresh` retrains regardless. Each row is the
     run's summary plus variant, seed, paper and run_dir. `runner(cfg) -> summary` defaults to
     `simsiam.train.train`."""
-    if runner is None:
-        from ..train import train as runner
+    from ..train import train
 
+    run = runner or train
     code = code_fingerprint()
     rows = []
     for v, cfg, run_dir in jobs:
@@ -66,7 +74,7 @@ def run_variants(
             log(f"{name} / {v.label} (seed {cfg.seed}) -> {run_dir}" + (f" (again: {why})" if why else ""))
             if run_dir.exists():  # interrupted, stale or --fresh: start it again from scratch
                 _clear(run_dir)
-            summary = runner(cfg.replace(run_dir=str(run_dir)))
+            summary = run(cfg.replace(run_dir=str(run_dir)))
             index_path.parent.mkdir(parents=True, exist_ok=True)
             index = json.loads(index_path.read_text()) if index_path.exists() else {}
             index[key] = {"run_dir": str(run_dir), "code": code}

@@ -62,5 +62,5 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     matter if the target itself is evaluated."""
     for t, o in zip(target.parameters(), online.parameters()):
         t.mul_(tau).add_(o, alpha=1 - tau)
-    for t, o in zip(target.buffers(), online.buffers()):
-        t.copy_(o)
+    for tb, ob in zip(target.buffers(), online.buffers()):
+        tb.copy_(ob)
