@@ -235,3 +235,19 @@ def test_finished_runs_are_reused_only_by_the_same_code_unless_fresh(tmp_path, m
     index.write_text(json.dumps({rep.config_key(cfg): str(tmp_path / "a")}))  # an index from before fingerprints
     assert run() == 4
     assert trained == [str(tmp_path / "a")] * 4
+
+
+@pytest.mark.parametrize("experiment", [dict(alternation="10"), dict(target_memory=True, predictor=False)])
+def test_sec52_targets_need_the_images_in_memory(experiment, tmp_path):
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "images", n=40)
+    cfg = from_preset(
+        "folder",
+        data_dir=str(data),
+        placement="stream",
+        run_dir=str(tmp_path / "run"),
+        **{**TINY, "image_size": 16, "subset": None, "batch_size": 16, **experiment},
+    )
+    with pytest.raises(ConfigError, match="use --placement memory"):
+        train(cfg)

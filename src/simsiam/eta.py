@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data import ImageSet
+from .errors import ConfigError
 from .methods.base import StepOutput, Targets
 from .views import ViewPlan
 
@@ -152,6 +154,8 @@ def target_provider(
     cfg, encoder: nn.Module, train_set, plan: ViewPlan, dim: int, device, autocast: Callable[[], AbstractContextManager]
 ) -> NoTargets:
     """The provider of `cfg`'s experiment (NoTargets when there is none)."""
+    if (cfg.alternation != "off" or cfg.target_memory) and not isinstance(train_set, ImageSet):
+        raise ConfigError("--alternation and --target-memory index the training images; use --placement memory")
     if cfg.alternation != "off":
         block = block_length(cfg.alternation, len(train_set) // cfg.batch_size)
         return KStepTargets(encoder, train_set, plan, cfg.batch_size, block, autocast)

@@ -24,7 +24,8 @@ import torch.nn as nn
 from . import checkpoint
 from .config import Config
 from .data import ImageSet, load_splits
-from .errors import ConfigError, DataError, SimSiamError, TrainingError
+from .data.datasets import Images
+from .errors import DataError, SimSiamError, TrainingError
 from .eta import NoTargets, target_provider
 from .evaluate import knn_accuracy
 from .methods import Method, build_model
@@ -52,9 +53,9 @@ class Run:
     run_dir: Path
     device: torch.device
     bf16: bool
-    train_set: ImageSet  # (or a streamed FileSet) what SSL trains on, --subset applied
-    bank_set: ImageSet  # the labelled train images: the kNN bank
-    test_set: ImageSet  # the labelled test images: the kNN queries
+    train_set: Images  # what SSL trains on, --subset applied
+    bank_set: Images  # the labelled train images: the kNN bank
+    test_set: Images  # the labelled test images: the kNN queries
     model: nn.Module  # what the step calls
     method: Method  # the same model unwrapped: hooks, backbone, heads
     optimizer: torch.optim.Optimizer
@@ -226,8 +227,6 @@ def setup(cfg: Config) -> Run:
     train_set, bank_set, test_set = load_data(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or options leave no empty run dir behind
     train_set, bank_set, test_set = train_set.to(device), bank_set.to(device), test_set.to(device)
-    if (cfg.alternation != "off" or cfg.target_memory) and not isinstance(train_set, ImageSet):
-        raise ConfigError("--alternation and --target-memory index the training images; use --placement memory")
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     method = build_model(cfg).to(device).to(memory_format=memory_format)
@@ -257,7 +256,7 @@ def default_run_dir(cfg: Config) -> str:
     return os.path.join("runs", f"{cfg.preset or cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def load_data(cfg: Config) -> tuple:
+def load_data(cfg: Config) -> tuple[Images, Images, Images]:
     """(train set, kNN bank, kNN queries). The bank is the whole labelled train split, also with
     --subset, so a subset run's kNN is comparable with `simsiam eval knn`."""
     t_load = time.perf_counter()
