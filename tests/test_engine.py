@@ -7,6 +7,7 @@ import json
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_baselines import TINY  # digits, 64 images, batch 32, narrow ResNet, small heads
 
 from simsiam import checkpoint, from_preset, train
 from simsiam.data import Augment
@@ -16,20 +17,6 @@ from simsiam.monitor import Monitor
 from simsiam.optim import cosine_lr
 from simsiam.train import setup, train_one_epoch
 from simsiam.views import ViewPlan
-
-TINY = dict(
-    width=0.125,
-    dim=64,
-    pred_dim=16,
-    proj_hidden=64,
-    knn_every=0,
-    knn_random_init=False,
-    report=False,
-    subset=64,
-    batch_size=32,
-    epochs=1,
-    prototypes=16,
-)
 
 
 def test_hooks_reach_the_method_through_a_wrapper(tmp_path):
