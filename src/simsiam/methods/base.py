@@ -83,8 +83,8 @@ class Method(nn.Module):
     @classmethod
     def check_config(cls, cfg: Any) -> None:
         """Raise a ConfigError for options this method cannot honour."""
-        for name, (unused, what) in OPTIONAL.items():
-            if name not in cls.OPTIONS and getattr(cfg, name) != unused:
+        for name, (off, what) in OPTIONAL.items():
+            if name not in cls.OPTIONS and getattr(cfg, name) != off:
                 raise ConfigError(f"--{name.replace('_', '-')} is {what}; --method {cfg.method} does not have it")
 
     def forward(self, views: Views, targets: Targets | None = None) -> StepOutput:
