@@ -277,19 +277,21 @@ def _train(args) -> None:
 
 def _eval(args) -> None:
     from .evaluate import evaluate
+    from .runtime import process_group
 
     options = dict(k=args.k, t=args.t) if args.protocol == "knn" else {}
     if args.protocol == "linear":
         options = dict(fast=args.fast, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    res = evaluate(
-        args.source,
-        args.protocol,
-        data_dir=args.data_dir,
-        dataset=args.dataset,
-        out=args.out,
-        device=args.device,
-        **options,
-    )
+    with process_group(args.device):  # under torchrun every process extracts a share of the features
+        res = evaluate(
+            args.source,
+            args.protocol,
+            data_dir=args.data_dir,
+            dataset=args.dataset,
+            out=args.out,
+            device=args.device,
+            **options,
+        )
     top5 = f", top-5 {100 * res['top5']:.2f}%" if "top5" in res else ""
     log(
         f"{res['protocol']} top-1 {100 * res['top1']:.2f}%{top5} ({res.get('num_queries', res.get('num_test'))} "

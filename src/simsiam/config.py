@@ -94,7 +94,11 @@ class Config:
     memory_momentum: float = _opt(0.8, "m in eta_x <- m eta_x + (1 - m) f(T'(x)) for --target-memory (paper: 0.8)")
     # --- optimisation (official code defaults for ImageNet)
     epochs: int = _opt(100, "training epochs")
-    batch_size: int = _opt(512, "images per step (each gives two views)")
+    batch_size: int = _opt(
+        512,
+        "images per step (each gives two views), over all processes: under torchrun each of the W processes "
+        "takes batch/W (the paper's 512 is the total over 8 GPUs)",
+    )
     lr: float = _opt(0.05, "base learning rate; the SGD lr is lr x batch_size / 256")
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(1e-4, "weight decay on every parameter, BN included (paper Sec. 3)")
@@ -167,6 +171,12 @@ class Config:
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     precision: str = _opt("auto", "auto (bf16 on GPUs and AMX CPUs, else fp32) | fp32 | bf16")
     channels_last: bool = _opt(True, "channels-last memory format (faster convolutions)")
+    sync_bn: bool = _opt(
+        True, "under torchrun: BatchNorm statistics over the global batch (SyncBN, as the official code)"
+    )
+    compile: bool = _opt(
+        False, "torch.compile the training step (faster on GPUs after a warm-up; checkpoints keep plain keys)"
+    )
     concat_views: bool = _opt(False, "one forward pass over both views; changes BN statistics, so off (official code)")
     log_every: int = _opt(10, "steps between progress-bar updates (each one syncs with the device)")
     resume: bool = _opt(False, "continue from RUN_DIR/checkpoint.pt")

@@ -21,7 +21,10 @@ class TrainingError(SimSiamError):
 
 
 def warn(msg: str) -> None:
-    """A one-line warning on stderr (not `warnings.warn`: its file:line prefix is noise to a user)."""
+    """A one-line warning on stderr (not `warnings.warn`: its file:line prefix is noise to a user);
+    under torchrun from rank 0 only."""
+    import os
     import sys
 
-    print(f"simsiam: warning: {msg}", file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"simsiam: warning: {msg}", file=sys.stderr, flush=True)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .data import ImageSet
 from .errors import ConfigError
 from .methods.base import StepOutput, Targets
+from .parallel import broadcast, gather_rows
 from .views import ViewPlan
 
 
@@ -68,11 +69,12 @@ class KStepTargets(NoTargets):
         plan: ViewPlan,
         batch_size: int,
         block: int,
+        steps_per_epoch: int,
         autocast: Callable[[], AbstractContextManager],
     ):
         self.encoder, self.train_set, self.plan = encoder, train_set, plan
         self.batch_size, self.block, self.autocast = batch_size, block, autocast
-        self.steps_per_epoch = len(train_set) // batch_size
+        self.steps_per_epoch = steps_per_epoch
         self.etas: list[Targets] = []
 
     def targets(self, order: torch.Tensor, step: int) -> Targets:
@@ -117,6 +119,7 @@ class TargetMemory(NoTargets):
         for idx in _chunks(len(self.train_set), self.batch_size, self.eta.device):
             x = self.plan.one_view(self.train_set.take(idx))
             self.eta[idx] = F.normalize(self.encoder(x).float(), dim=1)
+        broadcast(self.eta)  # under torchrun: rank 0's pass, on every process
 
     def targets(self, order: torch.Tensor, step: int) -> Targets:
         eta = self.eta[self._index(order, step)]
@@ -126,6 +129,7 @@ class TargetMemory(NoTargets):
     def update(self, order: torch.Tensor, step: int, out: StepOutput) -> None:
         index = self._index(order, step)
         sample = F.normalize(F.normalize(out.z1.float(), dim=1) + F.normalize(out.z2.float(), dim=1), dim=1)
+        index, sample = gather_rows(index), gather_rows(sample)  # under torchrun: every process's images
         m = self.momentum
         self.eta[index] = F.normalize(m * self.eta[index] + (1 - m) * sample, dim=1)
 
@@ -151,14 +155,21 @@ def _chunks(n: int, batch_size: int, device) -> list[torch.Tensor]:
 
 
 def target_provider(
-    cfg, encoder: nn.Module, train_set, plan: ViewPlan, dim: int, device, autocast: Callable[[], AbstractContextManager]
+    cfg,
+    encoder: nn.Module,
+    train_set,
+    plan: ViewPlan,
+    dim: int,
+    batch_size: int,
+    autocast: Callable[[], AbstractContextManager],
 ) -> NoTargets:
-    """The provider of `cfg`'s experiment (NoTargets when there is none)."""
-    if (cfg.alternation != "off" or cfg.target_memory) and not isinstance(train_set, ImageSet):
+    """The provider of `cfg`'s experiment (NoTargets when there is none); `batch_size` is this
+    process's share of the global batch."""
+    if cfg.alternation == "off" and not cfg.target_memory:
+        return NoTargets()
+    if not isinstance(train_set, ImageSet):
         raise ConfigError("--alternation and --target-memory index the training images; use --placement memory")
+    steps = len(train_set) // cfg.batch_size
     if cfg.alternation != "off":
-        block = block_length(cfg.alternation, len(train_set) // cfg.batch_size)
-        return KStepTargets(encoder, train_set, plan, cfg.batch_size, block, autocast)
-    if cfg.target_memory:
-        return TargetMemory(encoder, train_set, plan, cfg.batch_size, dim, cfg.memory_momentum, device)
-    return NoTargets()
+        return KStepTargets(encoder, train_set, plan, batch_size, block_length(cfg.alternation, steps), steps, autocast)
+    return TargetMemory(encoder, train_set, plan, batch_size, dim, cfg.memory_momentum, train_set.images.device)

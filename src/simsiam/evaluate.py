@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from .data.augment import prepare
 from .errors import ConfigError, TrainingError
+from .parallel import gather_rows, shard
+from .runtime import is_main, rank_and_world
 
 
 @torch.no_grad()
@@ -31,7 +33,16 @@ def extract_features(
     l2: bool = True,
 ) -> torch.Tensor:
     """Pooled features (N, D) of uint8 images (a tensor, an ImageSet or a streamed FileSet),
-    backbone in eval mode, fp32; l2-normalised for kNN, raw (`l2=False`) for the linear probe."""
+    backbone in eval mode, fp32; l2-normalised for kNN, raw (`l2=False`) for the linear probe.
+    Under torchrun each process computes a contiguous share and every process gets all N rows."""
+    if rank_and_world()[1] > 1 and len(images) >= rank_and_world()[1]:
+        part = shard(len(images))
+        images = images[part.to(images.device)] if isinstance(images, torch.Tensor) else images.select(part)
+        return gather_rows(_features(backbone, images, size, mean, std, batch_size, channels_last, l2))
+    return _features(backbone, images, size, mean, std, batch_size, channels_last, l2)
+
+
+def _features(backbone, images, size, mean, std, batch_size, channels_last, l2) -> torch.Tensor:
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
@@ -345,8 +356,9 @@ def evaluate(
         name = "eval_linear_fast" if fast else "eval_linear"
     res = {"source": str(source), "dataset": cfg.dataset, "data_dir": cfg.data_dir, **res}
     path = Path(out) if out else _beside(Path(source), name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=2) + "\n")
+    if is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=2) + "\n")
     return {**res, "path": str(path)}
 
 

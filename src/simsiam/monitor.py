@@ -19,14 +19,15 @@ from tqdm import tqdm
 
 from .errors import ConfigError, TrainingError
 from .methods.base import StepOutput
-from .runtime import log
+from .parallel import mean_over_ranks
+from .runtime import is_main, log
 
 
 class Monitor:
     def __init__(self, cfg, run_dir: Path, steps_per_epoch: int, start_epoch: int, z_healthy: float):
         self.cfg, self.run_dir, self.z_healthy = cfg, run_dir, z_healthy
         self.steps_per_epoch = steps_per_epoch
-        self.writer = _tensorboard(run_dir) if cfg.tensorboard else None
+        self.writer = _tensorboard(run_dir) if cfg.tensorboard and is_main() else None
         self.low_epochs = 0  # consecutive epochs with z-std under the collapse threshold
         self.bar = tqdm(
             total=steps_per_epoch * cfg.epochs,
@@ -35,6 +36,7 @@ class Monitor:
             dynamic_ncols=True,
             mininterval=1.0,
             file=sys.stderr,
+            disable=not is_main(),
         )
 
     def start_epoch(self, epoch: int, device: torch.device) -> None:
@@ -49,7 +51,7 @@ class Monitor:
         self.steps, self.last = self.steps + 1, out
         self.bar.update(1)
         if (step + 1) % self.cfg.log_every == 0:
-            loss = self._finite(out.loss, step)
+            loss = self._finite(mean_over_ranks(out.loss), step)
             if self.writer is not None:
                 global_step = self.epoch * self.steps_per_epoch + step + 1
                 self.writer.add_scalar("step/loss", loss, global_step)
@@ -60,20 +62,22 @@ class Monitor:
             )
 
     def end_epoch(self) -> dict:
-        """The epoch's mean loss and z-std, its speed and duration; never a non-finite epoch."""
-        self._finite(self.last.loss, self.steps - 1)
+        """The epoch's mean loss and z-std (over the processes too), its speed and duration; never
+        a non-finite epoch."""
+        self._finite(mean_over_ranks(self.last.loss), self.steps - 1)
         seconds = time.perf_counter() - self.t0
         return {
-            "loss": (self.loss_sum / self.steps).item(),
-            "z_std": (self.zstd_sum / self.steps).item(),
+            "loss": (mean_over_ranks(self.loss_sum) / self.steps).item(),
+            "z_std": (mean_over_ranks(self.zstd_sum) / self.steps).item(),
             "images_per_second": self.steps * self.cfg.batch_size / seconds,
             "epoch_seconds": seconds,
         }
 
     def record(self, row: dict) -> None:
         """Append the epoch's row to metrics.jsonl (and TensorBoard); warn when it looks collapsed."""
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if is_main():
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
         threshold = self.cfg.collapse_fraction * self.z_healthy
         self.low_epochs = self.low_epochs + 1 if row["z_std"] < threshold else 0
         if self.low_epochs == self.cfg.collapse_patience:

@@ -25,17 +25,24 @@ from . import checkpoint
 from .config import Config
 from .data import ImageSet, load_splits
 from .data.datasets import Images
-from .errors import DataError, SimSiamError, TrainingError
+from .errors import ConfigError, DataError, SimSiamError, TrainingError
 from .eta import NoTargets, target_provider
 from .evaluate import knn_accuracy
 from .methods import Method, build_model
 from .monitor import Monitor
 from .optim import build_optimizer, lr_at, set_lr
+from .parallel import broadcast_bn_stats, convert_sync_bn, rank_slice, wrap
 from .runs import read_metrics
 from .runtime import (
     autocast,
+    barrier,
+    broadcast_object,
+    is_main,
     log,
+    main_first,
     peak_memory,
+    process_group,
+    rank_and_world,
     reset_peak_memory,
     resolve_device,
     run_metadata,
@@ -71,6 +78,11 @@ class Run:
         return len(self.train_set) // self.cfg.batch_size  # drop_last, as the official loader
 
     @property
+    def batch(self) -> int:
+        """This process's images per step: the global batch over the processes."""
+        return self.cfg.batch_size // rank_and_world()[1]
+
+    @property
     def has_labels(self) -> bool:
         return len(self.bank_set) > 0 and len(self.test_set) > 0
 
@@ -80,17 +92,19 @@ class Run:
 
 
 def fit(cfg: Config) -> dict:
-    """Train `cfg.method` as configured; returns the summary (also in RUN_DIR/summary.json)."""
-    run = setup(cfg)
-    monitor = Monitor(cfg, run.run_dir, run.steps_per_epoch, run.start_epoch, run.z_healthy)
-    last = None
-    try:
-        for epoch in range(run.start_epoch, cfg.epochs):
-            stats = train_one_epoch(run, epoch, monitor)
-            last = end_epoch(run, epoch, stats, monitor)
-    finally:
-        monitor.close()
-    return finish(run, last)
+    """Train `cfg.method` as configured; returns the summary (also in RUN_DIR/summary.json).
+    Under torchrun every process calls it; they train one model data-parallel."""
+    with process_group(cfg.device):
+        run = setup(cfg)
+        monitor = Monitor(cfg, run.run_dir, run.steps_per_epoch, run.start_epoch, run.z_healthy)
+        last = None
+        try:
+            for epoch in range(run.start_epoch, cfg.epochs):
+                stats = train_one_epoch(run, epoch, monitor)
+                last = end_epoch(run, epoch, stats, monitor)
+        finally:
+            monitor.close()
+        return finish(run, last)
 
 
 def train(cfg: Config) -> dict:
@@ -98,7 +112,7 @@ def train(cfg: Config) -> dict:
     from .report import write_report
 
     summary = fit(cfg)
-    if cfg.report:
+    if cfg.report and is_main():
         try:
             log(f"report: {write_report(summary['run_dir'], device=summary['device'])}")
         except SimSiamError as e:  # the run itself is complete; a failed plot must not hide that
@@ -111,8 +125,9 @@ def train_one_epoch(run: Run, epoch: int, monitor: Monitor) -> dict:
     cfg, method, optimizer = run.cfg, run.method, run.optimizer
     method.on_epoch_start(epoch)
     monitor.start_epoch(epoch, run.device)
-    order = torch.randperm(len(run.train_set), generator=run.gen, device=run.device)
-    batches = run.train_set.batches(cfg.batch_size, order=order, drop_last=True, workers=cfg.workers)
+    order = rank_slice(torch.randperm(len(run.train_set), generator=run.gen, device=run.device), cfg.batch_size)
+    pin = run.device.type == "cuda"  # streamed batches: pinned, copied without blocking
+    batches = run.train_set.batches(run.batch, order=order, drop_last=True, workers=cfg.workers, pin_memory=pin)
     for step, images in enumerate(batches):
         set_lr(optimizer, *lr_at(cfg, epoch, step, run.steps_per_epoch))
         images = images.to(run.device, non_blocking=True)  # a no-op when the data lives on the device
@@ -149,7 +164,9 @@ def end_epoch(run: Run, epoch: int, stats: dict, monitor: Monitor) -> dict:
         row["knn_top1"] = top1 = knn(run)
         log(f"epoch {epoch + 1}: loss {row['loss']:.4f}, z-std {row['z_std']:.4f}, kNN top-1 {100 * top1:.2f}%")
     monitor.record(row)
-    checkpoint.save(run.run_dir / checkpoint.CHECKPOINT, training_state(run, epoch + 1))
+    if is_main():
+        checkpoint.save(run.run_dir / checkpoint.CHECKPOINT, training_state(run, epoch + 1))
+    barrier()  # the checkpoint is written before any process moves on
     return row
 
 
@@ -160,7 +177,6 @@ def finish(run: Run, last: dict | None) -> dict:
         last = read_metrics(run.run_dir)[-1]
         if "knn_top1" not in last:
             last["knn_top1"] = knn(run) if run.has_labels else None
-    torch.save(checkpoint.plain_keys(run.method.backbone.state_dict()), run.run_dir / "backbone.pt")
     summary = {
         "method": cfg.method,
         "dataset": cfg.dataset,
@@ -185,13 +201,18 @@ def finish(run: Run, last: dict | None) -> dict:
         "run_dir": str(run.run_dir),
         **peak_memory(run.device),
     }
-    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if is_main():
+        torch.save(checkpoint.plain_keys(run.method.backbone.state_dict()), run.run_dir / "backbone.pt")
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    barrier()
     return summary
 
 
 def knn(run: Run) -> float:
-    """The kNN monitor: top-1 with the labelled train images as the bank (needs `run.has_labels`)."""
+    """The kNN monitor: top-1 with the labelled train images as the bank (needs `run.has_labels`).
+    Under torchrun each process extracts a share of the features with rank 0's BN statistics."""
     cfg = run.cfg
+    broadcast_bn_stats(run.method)
     return knn_accuracy(
         run.method.backbone,
         run.bank_set,
@@ -210,8 +231,14 @@ def knn(run: Run) -> float:
 
 def setup(cfg: Config) -> Run:
     """Run directory, device, data, model, optimizer, views, targets; then a fresh start or a resume."""
-    run_dir = Path(cfg.run_dir or default_run_dir(cfg))
+    run_dir = Path(cfg.run_dir or broadcast_object(default_run_dir(cfg)))  # rank 0's clock names it
     cfg = cfg.replace(run_dir=str(run_dir))
+    world = rank_and_world()[1]
+    if cfg.batch_size % world:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is the global batch and must divide by the {world} processes; "
+            f"use a multiple of {world}"
+        )
     ckpt_path = run_dir / checkpoint.CHECKPOINT
     if cfg.resume and not ckpt_path.exists():
         raise TrainingError(
@@ -224,29 +251,40 @@ def setup(cfg: Config) -> Run:
     bf16 = use_bf16(cfg.precision, device)
     reset_peak_memory(device)
     seed_everything(cfg.seed)
-    train_set, bank_set, test_set = load_data(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or options leave no empty run dir behind
+    with main_first():  # rank 0 downloads or decodes into the cache first
+        train_set, bank_set, test_set = load_data(cfg)
+    if is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or options leave no empty run dir behind
     train_set, bank_set, test_set = train_set.to(device), bank_set.to(device), test_set.to(device)
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     method = build_model(cfg).to(device).to(memory_format=memory_format)
+    if world > 1 and cfg.sync_bn:
+        method = convert_sync_bn(method, device)  # type: ignore[assignment]  # the same Method, its BNs replaced
     optimizer = build_optimizer(method, cfg)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # data order + augmentation
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # data order + augmentation, the same on every rank
     plan = ViewPlan.from_config(cfg, gen)
-    targets = target_provider(cfg, method.encoder, train_set, plan, method.dim, device, lambda: autocast(device, bf16))
-    run = Run(cfg, run_dir, device, bf16, train_set, bank_set, test_set, method, method, optimizer, plan, targets, gen)
+    batch = cfg.batch_size // world
+    targets = target_provider(cfg, method.encoder, train_set, plan, method.dim, batch, lambda: autocast(device, bf16))
+    model = wrap(method, device, compile=cfg.compile)
+    run = Run(cfg, run_dir, device, bf16, train_set, bank_set, test_set, model, method, optimizer, plan, targets, gen)
     if cfg.resume:
         resume(run, checkpoint.load(ckpt_path, map_location=device))
     else:
         start(run)
 
-    (run_dir / "config.json").write_text(json.dumps(cfg.replace(resume=False).to_dict(), indent=2) + "\n")
-    (run_dir / "run.json").write_text(json.dumps(run_metadata(device, bf16), indent=2) + "\n")
+    if is_main():
+        (run_dir / "config.json").write_text(json.dumps(cfg.replace(resume=False).to_dict(), indent=2) + "\n")
+        (run_dir / "run.json").write_text(json.dumps(run_metadata(device, bf16), indent=2) + "\n")
     placement = "in memory" if isinstance(train_set, ImageSet) else f"streamed by {cfg.workers} workers"
+    processes = (
+        f", {world} processes x {cfg.batch_size // world}{' SyncBN' if cfg.sync_bn else ''}" if world > 1 else ""
+    )
     log(
         f"{cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} test images), "
-        f"{cfg.arch} width {cfg.width}, batch {cfg.batch_size}, lr {cfg.scaled_lr:g}, {cfg.epochs} epochs, "
-        f"{device}{' bf16' if bf16 else ''}, data {placement} -> {run_dir}"
+        f"{cfg.arch} width {cfg.width}, batch {cfg.batch_size}{processes}, lr {cfg.scaled_lr:g}, "
+        f"{cfg.epochs} epochs, {device}{' bf16' if bf16 else ''}{' compiled' if cfg.compile else ''}, "
+        f"data {placement} -> {run_dir}"
     )
     run.method.train()
     return run
@@ -281,7 +319,8 @@ def load_data(cfg: Config) -> tuple[Images, Images, Images]:
 
 def start(run: Run) -> None:
     """A new run: an empty metrics.jsonl, kNN at random init, the target provider's first pass."""
-    (run.run_dir / "metrics.jsonl").write_text("")
+    if is_main():
+        (run.run_dir / "metrics.jsonl").write_text("")
     if run.cfg.knn_random_init and run.has_labels:
         run.knn_random = top1 = knn(run)
         log(f"kNN top-1 of the backbone at random init: {100 * top1:.2f}%")

@@ -16,6 +16,7 @@ import torch
 
 from .data.augment import Augment
 from .methods.base import StepOutput, Views
+from .runtime import rank_and_world
 
 
 @dataclass
@@ -25,6 +26,7 @@ class ViewPlan:
     pairs: int = 1  # augmentation pairs per image and step (2: asym. 2x)
     small_crops: int = 0  # multi-crop's extra small views per pair
     memory_format: torch.memory_format = torch.contiguous_format
+    part: tuple[int, int] = (0, 1)  # (rank, world): the step's images are this share of the global batch
 
     @classmethod
     def from_config(cls, cfg, gen: torch.Generator) -> ViewPlan:
@@ -34,21 +36,25 @@ class ViewPlan:
             pairs=2 if cfg.symmetry == "asym2x" else 1,
             small_crops=cfg.small_crops,
             memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format,
+            part=rank_and_world(),
         )
 
     def draw(self, images: torch.Tensor) -> list[Views]:
-        """`pairs` Views of the batch, each with its small views (if any) drawn right after it."""
+        """`pairs` Views of this process's share of a step's batch, each with its small views (if
+        any) drawn right after it; under torchrun the random draws are the global batch's, so they
+        do not depend on the number of processes."""
         plan = []
         for _ in range(self.pairs):
-            x1, x2 = (self._format(x) for x in self.augment.two_views(images, self.gen))
+            x1, x2 = (self._format(x) for x in self.augment.two_views(images, self.gen, self.part))
             small: tuple[torch.Tensor, ...] = ()
             if self.small_crops:
-                small = tuple(self._format(x) for x in self.augment.small_views(images, self.gen, self.small_crops))
+                views = self.augment.small_views(images, self.gen, self.small_crops, self.part)
+                small = tuple(self._format(x) for x in views)
             plan.append(Views(x1, x2, small))
         return plan
 
     def one_view(self, images: torch.Tensor) -> torch.Tensor:
-        """A single augmented view (T'(x) of Sec. 5.2's target memory)."""
+        """A single augmented view of `images` as a whole (T'(x) of Sec. 5.2's target memory)."""
         return self._format(self.augment(images, self.gen))
 
     @staticmethod

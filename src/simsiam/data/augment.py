@@ -64,22 +64,36 @@ class Augment:
             small_scale=cfg.small_crop_scale,
         )
 
-    def two_views(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def two_views(
+        self, images: torch.Tensor, g: torch.Generator, part: tuple[int, int] = (0, 1)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         second = self
         if self.blur_p2 is not None or self.solarize_p2 is not None:
             second = replace(
                 self, blur_p=_given(self.blur_p2, self.blur_p), solarize_p=_given(self.solarize_p2, self.solarize_p)
             )
-        return self(images, g), second(images, g)
+        return self(images, g, part), second(images, g, part)
 
-    def small_views(self, images: torch.Tensor, g: torch.Generator, n: int) -> list[torch.Tensor]:
+    def small_views(
+        self, images: torch.Tensor, g: torch.Generator, n: int, part: tuple[int, int] = (0, 1)
+    ) -> list[torch.Tensor]:
         """Multi-crop: n more views at `small_size` from `small_scale` crops, same colour pipeline."""
         small = replace(self, size=self.small_size, crop_scale=self.small_scale)
-        return [small(images, g) for _ in range(n)]
+        return [small(images, g, part) for _ in range(n)]
 
-    def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, g: torch.Generator, part: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """`part` = (k, K): the images are the k-th of K equal parts of a batch (one process's share
+        under torchrun). The random parameters are drawn for the whole batch and part k's rows
+        used, so every process draws what one process would for those images."""
         n = images.shape[0]
-        rand = lambda *shape: torch.rand(*shape, generator=g, device=images.device)  # noqa: E731
+        k, parts = part
+
+        def rand(*shape: int) -> torch.Tensor:
+            if parts == 1:
+                return torch.rand(*shape, generator=g, device=images.device)
+            whole = torch.rand(shape[0] * parts, *shape[1:], generator=g, device=images.device)
+            return whole[k * shape[0] : (k + 1) * shape[0]]
+
         height, width = images.shape[-2:]
         x = resized_crop(images, crop_boxes(n, height, width, self.crop_scale, self.crop_ratio, rand), self.size)
         if self.jitter_p > 0 and any(self.jitter):

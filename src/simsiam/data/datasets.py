@@ -55,7 +55,14 @@ class ImageSet:
         """uint8 images (len(idx), 3, S, S), on the set's device."""
         return self.images[idx]
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None, drop_last: bool = False, workers: int = 0):
+    def batches(
+        self,
+        batch_size: int,
+        order: torch.Tensor | None = None,
+        drop_last: bool = False,
+        workers: int = 0,
+        pin_memory: bool = False,
+    ):
         """uint8 batches in `order` (default: stored order); no workers needed, they are in memory."""
         order = torch.arange(len(self), device=self.images.device) if order is None else order.to(self.images.device)
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
@@ -92,7 +99,16 @@ class FileSet:
         idx = torch.as_tensor(idx).flatten().tolist()
         return next(self.batches(max(1, len(idx)), order=torch.tensor(idx, dtype=torch.int64)))
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None, drop_last: bool = False, workers: int = 0):
+    def batches(
+        self,
+        batch_size: int,
+        order: torch.Tensor | None = None,
+        drop_last: bool = False,
+        workers: int = 0,
+        pin_memory: bool = False,
+    ):
+        """uint8 batches decoded by `workers` DataLoader workers, in page-locked memory with
+        `pin_memory` (so the copy to a GPU can run without blocking)."""
         from torch.utils.data import BatchSampler, DataLoader
 
         order = torch.arange(len(self)) if order is None else order.cpu()
@@ -101,7 +117,7 @@ class FileSet:
             num_workers=workers,
             collate_fn=_stack_good,
             batch_sampler=BatchSampler(order.tolist(), batch_size, drop_last),
-            pin_memory=False,
+            pin_memory=pin_memory,
         )
         bad = 0
         for images, n_bad in loader:

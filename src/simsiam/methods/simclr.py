@@ -7,7 +7,7 @@
 The paper's Table 4 runs every method as its own reproduction ("repro.+": better than the
 original paper) with two 224 px views; here every method gets SimSiam's projection MLP (3 layers
 on ImageNet, 2 on CIFAR, BN on every layer as in SimCLR's own head), so that only the loss differs.
-In DDP the negatives are gathered from every rank with their gradients (`_dist.gather_with_grad`).
+In DDP the negatives are gathered from every rank with their gradients (`parallel.gather_with_grad`).
 Sec. 6.2's hubs: `--predictor` puts SimSiam's h on the anchors (p = h(z) against the candidates
 z: 66.4 vs 66.5) and `--stop-gradient` then detaches the candidates (66.0).
 """
@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._dist import gather_with_grad, rank_and_world
+from ..parallel import gather_with_grad
+from ..runtime import rank_and_world
 from .base import Method, StepOutput, Targets, Views
 from .heads import prediction_mlp, projection_mlp, z_std
 

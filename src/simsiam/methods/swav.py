@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._dist import global_sum, rank_and_world
+from ..parallel import global_sum
+from ..runtime import rank_and_world
 from .base import Method, ParamGroup, StepOutput, Targets, Views
 from .heads import prediction_mlp, projection_mlp, z_std
 
