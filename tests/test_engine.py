@@ -112,3 +112,28 @@ def test_linear_probe_and_training_share_one_cosine(monkeypatch):
     train_linear(lambda idx, epoch: feats[idx], labels, 4, 2, epochs=4, batch_size=8, base_lr=0.1, progress=False)
     lr = 0.1 * 8 / 256
     assert seen == [cosine_lr(lr, e / 4) for e in range(4)] and seen[0] == lr
+
+
+def test_losses_run_in_float32_under_bf16_autocast():
+    """The heads may end in bf16 under autocast; every loss (NT-Xent's logits matmul included)
+    is computed in fp32, so it equals the fp32 computation on the same inputs exactly."""
+    from simsiam.methods.byol import byol_loss
+    from simsiam.methods.simclr import nt_xent
+    from simsiam.methods.simsiam import cross_entropy_similarity, negative_cosine
+    from simsiam.methods.swav import swapped_prediction
+
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 16), torch.randn(8, 16)
+    q = F.softmax(torch.randn(8, 16), dim=1)
+    losses = {
+        "negative_cosine": lambda: negative_cosine(a, b),
+        "cross_entropy": lambda: cross_entropy_similarity(a, b),
+        "byol": lambda: byol_loss(a, b),
+        "nt_xent": lambda: nt_xent(a, b, a, b, 0.2),
+        "swav": lambda: swapped_prediction(q, a, 0.1),
+    }
+    for name, loss in losses.items():
+        exact = loss()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = loss()
+        assert mixed.dtype == torch.float32 and torch.equal(mixed, exact), name

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import Method, StepOutput, Targets, Views
-from .heads import ema_tau, ema_update, prediction_mlp, projection_mlp, z_std
+from .heads import ema_tau, ema_update, float32, prediction_mlp, projection_mlp, z_std
 
 
+@float32
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """2 - 2 cos(p, z) = ||p/|p| - z/|z|||^2, averaged over the batch."""
     return (2 - 2 * F.cosine_similarity(p, z, dim=-1)).mean()

@@ -3,7 +3,10 @@ average of a target network (BYOL's target; a momentum encoder for MoCo)."""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -42,6 +45,23 @@ def prediction_mlp(dim: int, pred_dim: int, bn: str = "default") -> nn.Sequentia
         nn.Linear(pred_dim, dim),
         *([nn.BatchNorm1d(dim)] if bn == "all" else []),
     )
+
+
+F_ = TypeVar("F_", bound=Callable[..., torch.Tensor])
+
+
+def float32(loss: F_) -> F_:
+    """Run `loss` in float32 outside autocast: a bf16 run's heads end in bf16, its loss (and the
+    logits of NT-Xent, a matmul that autocast would run in bf16) is computed in fp32. A no-op in
+    fp32 runs (`.float()` of a float32 tensor is the tensor itself)."""
+
+    @functools.wraps(loss)
+    def run(*args, **kwargs):
+        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        with torch.autocast(device, enabled=False):
+            return loss(*(a.float() if isinstance(a, torch.Tensor) else a for a in args), **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 def z_std(z: torch.Tensor) -> torch.Tensor:

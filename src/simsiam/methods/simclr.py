@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from ..parallel import gather_with_grad
 from ..runtime import rank_and_world
 from .base import Method, StepOutput, Targets, Views
-from .heads import prediction_mlp, projection_mlp, z_std
+from .heads import float32, prediction_mlp, projection_mlp, z_std
 
 
+@float32
 def nt_xent(a1: torch.Tensor, a2: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, temperature: float) -> torch.Tensor:
     """Anchors a1, a2 (views 1 and 2 of this rank's N images) against candidates c1, c2 (the same
     views, gathered over all ranks: 2M). Anchor i of view 1 has candidate i of view 2 as its

@@ -16,14 +16,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import Method, StepOutput, Targets, Views
-from .heads import prediction_mlp, projection_mlp, z_std
+from .heads import float32, prediction_mlp, projection_mlp, z_std
 
 
+@float32
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """D(p, z) = -cos(p, z), averaged over the batch (Eq. 1). No stop-gradient here."""
     return -F.cosine_similarity(p, z, dim=-1).mean()
 
 
+@float32
 def cross_entropy_similarity(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """D(p, z) = -softmax(z) . log softmax(p), softmax over channels, no temperature (Sec. 4.5)."""
     return -(F.softmax(z, dim=-1) * F.log_softmax(p, dim=-1)).sum(dim=-1).mean()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..parallel import global_sum
 from ..runtime import rank_and_world
 from .base import Method, ParamGroup, StepOutput, Targets, Views
-from .heads import prediction_mlp, projection_mlp, z_std
+from .heads import float32, prediction_mlp, projection_mlp, z_std
 
 
 def sinkhorn(scores: torch.Tensor, iters: int = 3, eps: float = 0.05) -> torch.Tensor:
@@ -36,6 +36,12 @@ def sinkhorn(scores: torch.Tensor, iters: int = 3, eps: float = 0.05) -> torch.T
         q = q / global_sum(q.sum(dim=1, keepdim=True)) / k  # each prototype: total mass 1/K
         q = q / q.sum(dim=0, keepdim=True) / b  # each sample: mass 1/B
     return (q * b).T
+
+
+@float32
+def swapped_prediction(q: torch.Tensor, scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """l(s, q) = -sum_k q_k log softmax(s / T)_k, averaged over the batch."""
+    return -(q * F.log_softmax(scores / temperature, dim=1)).sum(dim=1).mean()
 
 
 class SwAV(Method):
@@ -121,7 +127,7 @@ class SwAV(Method):
         def swapped(i: int) -> torch.Tensor:  # every other view predicts large view i's codes
             q = self.codes(scores[i])
             others = [v for v in range(len(xs)) if v != i]
-            terms = [-(q * F.log_softmax(preds[v] / self.temperature, dim=1)).sum(dim=1).mean() for v in others]
+            terms = [swapped_prediction(q, preds[v], self.temperature) for v in others]
             return sum(terms) / len(others)  # type: ignore[return-value]
 
         loss = 0.0 + swapped(0) + swapped(1)
