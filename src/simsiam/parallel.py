@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -213,7 +215,9 @@ def wrap(method: nn.Module, device: torch.device, compile: bool = False) -> nn.M
             if device.type == "cuda"
             else None
         )
-        model = nn.parallel.DistributedDataParallel(method, device_ids=ids, broadcast_buffers=False)
+        with warnings.catch_warnings():  # torch >= 2.14 deprecates the flag, and says to keep it for rank-local buffers
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers", category=FutureWarning)
+            model = nn.parallel.DistributedDataParallel(method, device_ids=ids, broadcast_buffers=False)
     if compile:
         model = torch.compile(model)  # type: ignore[assignment]
     return model
