@@ -170,3 +170,59 @@ def test_compile_trains_and_its_checkpoint_loads_without_it(tmp_path):
     res = simsiam("train", "--resume", "--run-dir", str(tmp_path / "c"), "--epochs", "2", "--no-compile")
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(metrics(tmp_path / "c")) == 2
+
+
+def _bn_worker(rank, world, init, x, w, out):
+    import torch.distributed as dist
+
+    from simsiam.parallel import AllReduceBatchNorm, convert_sync_bn
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    net = convert_sync_bn(_bn_net(), torch.device("cpu"))
+    assert isinstance(net[1], AllReduceBatchNorm) and isinstance(net[5], AllReduceBatchNorm)
+    n = len(x) // world
+    xs = x[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+    y = net(xs)
+    (y * w[rank * n : (rank + 1) * n]).sum().div(n).backward()  # this rank's mean, as DDP's ranks
+    grads = {k: p.grad.clone() for k, p in net.named_parameters()}
+    for g in grads.values():
+        dist.all_reduce(g)
+        g /= world  # DDP's average
+    torch.save({"y": y.detach(), "gx": xs.grad / world, "grads": grads, "bn": net[1].state_dict()}, f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _bn_net():
+    import torch.nn as nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(100, 3),
+        nn.BatchNorm1d(3, affine=False),
+    )
+
+
+def test_cpu_syncbn_is_batchnorm_on_the_global_batch(tmp_path):
+    """AllReduceBatchNorm on 2 gloo processes == BatchNorm on the whole batch in one process:
+    outputs, input gradients, parameter gradients (after DDP's average) and running statistics."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(1)
+    x, w = torch.randn(8, 3, 5, 5), torch.randn(8, 3)
+    mp.spawn(_bn_worker, args=(2, f"file://{tmp_path}/rendezvous", x, w, str(tmp_path)), nprocs=2)
+    r = [torch.load(tmp_path / f"{i}.pt") for i in range(2)]
+    torch.manual_seed(0)
+    net = _bn_net()
+    xs = x.clone().requires_grad_(True)
+    y = net(xs)
+    (y * w).sum().div(len(x)).backward()
+    torch.testing.assert_close(torch.cat([r[0]["y"], r[1]["y"]]), y.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.cat([r[0]["gx"], r[1]["gx"]]), xs.grad, rtol=0, atol=1e-7)
+    for k, p in net.named_parameters():
+        torch.testing.assert_close(r[0]["grads"][k], p.grad, rtol=1e-5, atol=1e-6, msg=k)
+    for k, v in net[1].state_dict().items():
+        torch.testing.assert_close(r[0]["bn"][k], v, msg=k)
