@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
-import re
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
+from _common import RESULTS, machine, write_section
 from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms as T
@@ -38,8 +34,6 @@ RECIPES = {  # output size -> input size, blur probability, torchvision DataLoad
     224: dict(in_size=256, blur_p=0.5, batch=64),
 }
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- benchmarks/augment.py: begin -->", "<!-- benchmarks/augment.py: end -->"
 
 
 class PILBlur:
@@ -152,30 +146,6 @@ def step_share(images: torch.Tensor, seconds: float) -> tuple[float, float]:
     return t_aug, t_model
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1).strip()
-    except (OSError, AttributeError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return (
-        f"{cpu}, {cores} cores usable ({torch.get_num_threads()} torch threads){gpu}; "
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}"
-    )
-
-
-def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=6.0, help="timed wall-clock budget per measurement")
@@ -221,10 +191,11 @@ def main() -> None:
     if not args.no_write:
         date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         note = f" **{args.note}**" if args.note else ""
-        write_results(
+        write_section(
+            "augment.py",
             f"## Two-view augmentation throughput (`benchmarks/augment.py`)\n\n"
             f"{date}, `--seconds {args.seconds:g} --rounds {args.rounds}`.{note}\nMachine: {machine()}.\n"
-            f"Images/s counts source images; each yields two views.\n\n{out}\n"
+            f"Images/s counts source images; each yields two views.\n\n{out}\n",
         )
         print(f"\nwrote {RESULTS}")
 

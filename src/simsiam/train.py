@@ -229,8 +229,9 @@ def knn(run: Run) -> float:
 # --- setup ------------------------------------------------------------------------------------
 
 
-def setup(cfg: Config) -> Run:
-    """Run directory, device, data, model, optimizer, views, targets; then a fresh start or a resume."""
+def setup(cfg: Config, data: tuple[Images, Images, Images] | None = None) -> Run:
+    """Run directory, device, data, model, optimizer, views, targets; then a fresh start or a resume.
+    `data` = (train, kNN bank, kNN queries) instead of `cfg`'s (benchmarks on synthetic images)."""
     run_dir = Path(cfg.run_dir or broadcast_object(default_run_dir(cfg)))  # rank 0's clock names it
     cfg = cfg.replace(run_dir=str(run_dir))
     world = rank_and_world()[1]
@@ -252,7 +253,7 @@ def setup(cfg: Config) -> Run:
     reset_peak_memory(device)
     seed_everything(cfg.seed)
     with main_first():  # rank 0 downloads or decodes into the cache first
-        train_set, bank_set, test_set = load_data(cfg)
+        train_set, bank_set, test_set = data or load_data(cfg)
     if is_main():
         run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or options leave no empty run dir behind
     train_set, bank_set, test_set = train_set.to(device), bank_set.to(device), test_set.to(device)
