@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,19 @@ def machine() -> str:
         f"threads){gpu}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"Python {platform.python_version()}"
     )
+
+
+def commit() -> str:
+    """The simsiam commit the numbers come from (marked when the working tree has changes)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout
+    except OSError:
+        return "unknown commit"
+    return f"commit {sha.strip() or 'unknown'}" + (" + uncommitted changes" if dirty.strip() else "")
 
 
 def rate(step: Callable[[], int], seconds: float, warmup: int) -> float:

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import torch
-from _common import RESULTS, machine, write_section
+from _common import RESULTS, commit, machine, write_section
 from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms as T
@@ -194,7 +194,7 @@ def main() -> None:
         write_section(
             "augment.py",
             f"## Two-view augmentation throughput (`benchmarks/augment.py`)\n\n"
-            f"{date}, `--seconds {args.seconds:g} --rounds {args.rounds}`.{note}\nMachine: {machine()}.\n"
+            f"{date}, {commit()}, `--seconds {args.seconds:g} --rounds {args.rounds}`.{note}\nMachine: {machine()}.\n"
             f"Images/s counts source images; each yields two views.\n\n{out}\n",
         )
         print(f"\nwrote {RESULTS}")

@@ -29,7 +29,7 @@ import tempfile
 import time
 
 import torch
-from _common import machine, rate, sync, write_section
+from _common import commit, machine, rate, sync, write_section
 
 from simsiam import Views, from_preset
 from simsiam.data import ImageSet
@@ -168,7 +168,7 @@ def main() -> None:
         note = f" **{args.note}**" if args.note else ""
         write_section(
             "throughput.py",
-            f"## Pipeline efficiency (`benchmarks/throughput.py`)\n\n{date}, `{command.strip()}`.{note}\n"
+            f"## Pipeline efficiency (`benchmarks/throughput.py`)\n\n{date}, {commit()}, `{command.strip()}`.{note}\n"
             f"Machine: {machine()}.\n{setting}.\n\n{table}\n",
         )
         print("\nwrote benchmarks/RESULTS.md")
