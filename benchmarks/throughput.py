@@ -31,7 +31,7 @@ import time
 import torch
 from _common import commit, machine, rate, sync, write_section
 
-from simsiam import Views, from_preset
+from simsiam import PRESETS, Views, from_preset
 from simsiam.data import ImageSet
 from simsiam.monitor import Monitor
 from simsiam.optim import build_optimizer
@@ -53,6 +53,8 @@ def build(args):
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
+    if PRESETS[args.preset].get("dataset") == "folder":
+        overrides.setdefault("data_dir", "<synthetic>")  # a folder preset needs one; nothing is read from it
     cfg = from_preset(args.preset, **overrides)
     size, n = cfg.stored_size, cfg.batch_size * STEPS
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

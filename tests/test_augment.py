@@ -211,6 +211,16 @@ def test_crops_no_larger_than_the_output_take_grid_sample_equal_to_roi_align():
     torch.testing.assert_close(A.resized_crop(images(64, 32)[:1], big, 8), ref, atol=1e-6, rtol=0)
 
 
+def test_images_no_larger_than_the_output_are_cropped_without_a_host_sync(monkeypatch):
+    """CIFAR (32 px stored, 32 px crops): the path is known from the shapes, no `nonzero` (which
+    waits for the GPU) is needed to split the batch."""
+    g = torch.Generator().manual_seed(0)
+    boxes = A.crop_boxes(8, 32, 32, (0.2, 1.0), (3 / 4, 4 / 3), lambda *s: torch.rand(*s, generator=g))
+    expected = A.resized_crop(images(8, 32), boxes, 32)
+    monkeypatch.setattr(torch.Tensor, "nonzero", lambda *a, **k: pytest.fail("nonzero called"))
+    assert torch.equal(A.resized_crop(images(8, 32), boxes, 32), expected)
+
+
 def test_solarize_matches_torchvision():
     aug = Augment(
         16,
