@@ -150,21 +150,30 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.
     roi_align (aligned, adaptive sampling) takes ceil(box / size) samples per output pixel and
     axis. For a box no larger than the output (every CIFAR crop, most ImageNet ones) that is one
     sample at each output pixel's centre: exactly a bilinear grid_sample with border clamping,
-    several times faster on a CPU, so those boxes take it and only the larger ones roi_align."""
+    several times faster on a CPU, so on a CPU those boxes take it and only the larger ones
+    roi_align. On a GPU the batch is not split (that needs the box sizes on the host): every box
+    takes roi_align, unless the images are no larger than the output (then every box is small)."""
     x = images.float().div_(255)
     boxes = boxes.to(x.dtype)
     if max(images.shape[-2:]) <= size:  # no box can exceed the output (CIFAR): one path, no host sync
         return _upscale_crop(x, boxes, size)
+    if x.device.type != "cpu":  # on a GPU, splitting the batch would wait for it (nonzero): roi_align for all
+        return _roi_crop(x, boxes, torch.arange(len(x), device=x.device), size)
     small = ((boxes[:, 2:] - boxes[:, :2]) <= size).all(dim=1)
     big = (~small).nonzero().squeeze(1)
     if big.numel() == 0:
         return _upscale_crop(x, boxes, size)
-    rois = torch.cat([big.to(x.dtype).unsqueeze(1), boxes[big]], dim=1)  # roi_align reads x by row index
-    out = roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True).clamp_(0, 1)
+    out = _roi_crop(x, boxes[big], big, size)
     idx = small.nonzero().squeeze(1)
     if idx.numel() == 0:
         return out
     return torch.cat([out, _upscale_crop(x[idx], boxes[idx], size)]).index_select(0, torch.cat([big, idx]).argsort())
+
+
+def _roi_crop(x: torch.Tensor, boxes: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
+    """roi_align of `boxes` (one per entry of `rows`, the images of x they crop), clamped to [0, 1]."""
+    rois = torch.cat([rows.to(x.dtype).unsqueeze(1), boxes], dim=1)  # roi_align reads x by row index
+    return roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True).clamp_(0, 1)
 
 
 def _upscale_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
