@@ -115,7 +115,7 @@ def tensors(run_dir: Path) -> dict[str, torch.Tensor]:
         }
     )
     if ckpt.get("memory"):
-        out.update({f"memory.{k}": v for k, v in ckpt["memory"].items()})
+        out.update({f"memory.{k}": v for k, v in ckpt["memory"].items() if torch.is_tensor(v)})
     return out
 
 

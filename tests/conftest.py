@@ -46,3 +46,6 @@ def make_folder(root, classes=("red", "blue"), n=24, size=20):
             arr[..., c] += 150  # a colour per class
             Image.fromarray(arr).save(root / name / f"{i}.png")
     return root
+
+
+TINY = ["--width", "0.125", "--dim", "64", "--pred-dim", "16", "--proj-hidden", "64"]  # a model that trains in seconds

@@ -239,16 +239,16 @@ def test_byol_resume_restores_the_target(tmp_path, monkeypatch):
     """Two epochs straight == one epoch, a crash, --resume: the same online and target weights."""
     cfg = from_preset("digits", method="byol", run_dir=str(tmp_path / "full"), **{**TINY, "epochs": 2})
     train(cfg)
-    real_save = checkpoint.save
+    real_save = checkpoint.write_checkpoint
 
-    def crash_after_first(path, state):
-        real_save(path, state)
+    def crash_after_first(*args):
+        real_save(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint, "save", crash_after_first)
+    monkeypatch.setattr(checkpoint, "write_checkpoint", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         train(cfg.replace(run_dir=str(tmp_path / "cut")))
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    monkeypatch.setattr(checkpoint, "write_checkpoint", real_save)
     train(cfg.replace(run_dir=str(tmp_path / "cut"), resume=True))
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
     cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["model"]

@@ -20,8 +20,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     checkpoint.save(path, {"epoch": 1})
 
     def full_disk(obj, f, *a, **kw):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", full_disk)

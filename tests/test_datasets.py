@@ -260,3 +260,233 @@ def test_stream_skips_unreadable_files_and_strict_stops(tmp_path, capsys):
     strict, _ = D.load_folder(str(data), 8, holdout=0.01, placement="stream", strict=True)
     with pytest.raises(DataError, match="broken.jpg"):
         list(strict.batches(3))
+
+
+# --- data folders that fight back: links, loops, huge images, odd files ---------------------------
+
+
+def one_warning(err, *needles):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_directory_symlink_loop_is_listed_once(tmp_path, capsys):
+    """cats/up -> .. used to list 40 images as 1,312 train + 328 test, the same files in both."""
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "photos", n=20, size=8)
+    (data / "red" / "up").symlink_to("..")
+    train, test = D.load_folder(str(data), 8, cache=tmp_path / "cache")
+    assert (len(train), len(test)) == (32, 8)
+    one_warning(capsys.readouterr().err, "skipped 1 symlinked folder", str(data / "red" / "up"), "loop")
+    # the listing itself: the 40 real files, each once, in torchvision's order
+    listing = D._Listing(str(data), [str(data)])
+    _, samples = D._list_samples(str(data), listing)
+    reals = [os.path.realpath(p) for p, _ in samples]
+    assert len(samples) == 40 and len(set(reals)) == 40 and samples == sorted(samples, key=lambda s: (s[1], s[0]))
+    assert len(D.list_images(str(data))) == 40  # what `simsiam embed` reads
+    one_warning(capsys.readouterr().err, "skipped 1 symlinked folder")
+
+
+def test_links_never_put_one_image_in_two_splits_or_classes(tmp_path, capsys):
+    from conftest import make_folder
+
+    data = tmp_path / "photos"
+    make_folder(data / "train", n=5, size=8)
+    make_folder(data / "test", n=2, size=8)
+    (data / "train" / "red" / "up").symlink_to("../..")  # the data folder: a loop
+    (data / "train" / "red" / "peek").symlink_to("../../test")  # a split
+    (data / "train" / "blue" / "reds").symlink_to("../red")  # another class, not listed yet
+    (data / "test" / "red" / "dup.png").symlink_to("../../train/red/0.png")  # a training image
+    (data / "train" / "loop.jpg").symlink_to("loop.jpg")  # a link to itself: no class, no crash
+    (data / "train" / "red2").symlink_to("red")  # a class that repeats another
+    listing = D._Listing(str(data), [str(data / "train"), str(data / "test")])
+    train_classes, train = D._list_samples(str(data / "train"), listing)
+    test_classes, test = D._list_samples(str(data / "test"), listing)
+    assert train_classes == test_classes == ["blue", "red"]
+    assert (len(train), len(test)) == (10, 4)
+    assert not {os.path.realpath(p) for p, _ in train} & {os.path.realpath(p) for p, _ in test}
+    assert [y for _, y in train] == [0] * 5 + [1] * 5  # blue/reds/ did not relabel red images as blue
+    assert len(listing.skipped) == 5
+    D.load_folder(str(data), 8)
+    one_warning(capsys.readouterr().err, "skipped 5 symlinked folder(s) or file(s)")
+
+
+def test_file_symlink_loop_and_dangling_link_are_unreadable_files(tmp_path, capsys):
+    """os.stat of these raised in the cache key (ELOOP, ENOENT) unless --no-cache."""
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "photos", n=3, size=8)
+    (data / "red" / "a.jpg").symlink_to("b.jpg")
+    (data / "red" / "b.jpg").symlink_to("a.jpg")
+    (data / "blue" / "gone.png").symlink_to("missing.png")
+    for _ in range(2):  # decoded, then a cache hit
+        got = D.read_image_folder(str(data), 8, cache=tmp_path / "cache")
+        assert len(got) == 6
+        one_warning(capsys.readouterr().err, "skipped 3 unreadable image file(s)", "gone.png")
+    with pytest.raises(DataError, match="cannot read image .*gone.png"):
+        D.read_image_folder(str(data), 8, strict=True, cache=tmp_path / "cache")
+
+
+def test_strict_stops_on_a_cache_hit_too(tmp_path, capsys):
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "photos", n=3, size=8)
+    (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    assert len(D.read_image_folder(str(data), 8, cache=tmp_path / "cache")) == 6  # fills the cache
+    assert len(list((tmp_path / "cache").glob("*.images.npy"))) == 1
+    with pytest.raises(DataError, match=r"cannot read image .*broken.jpg; .*drop --strict"):
+        D.read_image_folder(str(data), 8, strict=True, cache=tmp_path / "cache")
+    with pytest.raises(DataError, match="broken.jpg"):
+        D.load_folder(str(data), 8, strict=True, cache=tmp_path / "cache", placement="memory")
+
+
+def test_images_above_the_pixel_limit_are_skipped_without_pils_warning(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    assert D.MAX_PIXELS == Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb limit, about 89.5 M
+    data = tmp_path / "photos"
+    (data / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(data / "a" / "small.png")  # 100 px: the limit
+    Image.fromarray(np.zeros((10, 11, 3), np.uint8)).save(data / "a" / "over.png")  # 110 px
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(data / "a" / "bomb.png")  # 400 px: PIL refuses
+    monkeypatch.setattr(D, "MAX_PIXELS", 100)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL: warns above, raises above 2x
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a raw PIL warning fails the test
+        got = D.read_image_folder(str(data), 8)
+    assert len(got) == 1
+    one_warning(capsys.readouterr().err, "skipped 2 unreadable image file(s)", "over.png", "bomb.png")
+    with pytest.raises(DataError, match="cannot read image .*bomb.png"):  # the first bad file in order
+        D.read_image_folder(str(data), 8, strict=True)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**9)  # our limit holds even where PIL's is higher
+    assert D.decode_image(str(data / "a" / "over.png"), 8) is None
+    assert D.decode_image(str(data / "a" / "small.png"), 8).shape == (8, 8, 3)
+
+
+def test_data_dir_that_is_a_file_says_so(tmp_path):
+    from test_cli import assert_one_line_error, run_cli
+
+    from simsiam.export import list_images
+
+    f = tmp_path / "photo.jpg"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(f)
+    for call in (
+        lambda: D.load_folder(str(f), 8),
+        lambda: D.read_image_folder(str(f), 8),
+        lambda: D.load_torchvision("cifar10", str(f), 32),
+        lambda: list_images(f),
+    ):
+        with pytest.raises(DataError, match="is a file, not a folder; give --data-dir|is a file, not a folder; give"):
+            call()
+    res = run_cli("train", "--data-dir", str(f), cwd=tmp_path)
+    assert_one_line_error(res, str(f), "is a file, not a folder", "--data-dir")
+    assert res.returncode == 2 and not (tmp_path / "runs").exists()
+    res = run_cli("embed", str(tmp_path / "no-run"), "--data-dir", str(f), "--out", str(tmp_path / "e.npy"))
+    assert_one_line_error(res, str(f), "is a file, not a folder")
+    assert res.returncode == 2
+
+
+def test_odd_files_decode_or_are_skipped(tmp_path, capsys):
+    """1x1 images, names with spaces, unicode or a leading dash decode; a zero-byte file is skipped."""
+    data = tmp_path / "photos"
+    (data / "a b").mkdir(parents=True)
+    Image.fromarray(np.full((1, 1, 3), (200, 10, 30), np.uint8)).save(data / "a b" / "1x1.png")
+    for name in ("with space.png", "ünïcødé 猫.png", "-leading-dash.png", "--help.png", ".hidden.png"):
+        Image.fromarray(np.full((6, 5, 3), 99, np.uint8)).save(data / "a b" / name)
+    (data / "a b" / "zero.jpg").write_bytes(b"")
+    got = D.read_image_folder(str(data), 4)
+    assert len(got) == 6 and got.classes == ["a b"]
+    one_warning(capsys.readouterr().err, "skipped 1 unreadable image file(s)", "zero.jpg")
+    one = D.decode_image(str(data / "a b" / "1x1.png"), 4)
+    assert one.shape == (4, 4, 3) and (one == np.array([200, 10, 30], np.uint8)).all()  # upscaled, same colour
+
+
+def test_a_fifo_named_like_an_image_is_skipped_not_waited_for(tmp_path, capsys):
+    import threading
+
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "photos", n=2, size=8)
+    fifo = data / "red" / "pipe.jpg"
+    os.mkfifo(fifo)
+    result = []
+    reader = threading.Thread(target=lambda: result.append(D.read_image_folder(str(data), 8)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():  # release the blocked open before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+        pytest.fail("read_image_folder waited for a writer on a FIFO")
+    assert len(result[0]) == 4
+    one_warning(capsys.readouterr().err, "skipped 1 unreadable image file(s)", "pipe.jpg")
+
+
+def test_unreadable_file_and_folder_are_skipped_with_a_warning(tmp_path, capsys, monkeypatch):
+    from conftest import make_folder
+
+    data = make_folder(tmp_path / "photos", n=3, size=8)
+    locked = data / "red" / "0.png"
+    hidden = data / "blue" / "sub"
+    hidden.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(hidden / "x.png")
+    locked.chmod(0)
+    hidden.chmod(0)
+    try:
+        try:
+            locked.read_bytes()
+            deny_as_the_kernel_would(monkeypatch, {str(locked), str(hidden)})  # root reads through chmod 000
+        except PermissionError:
+            pass
+        got = D.read_image_folder(str(data), 8)
+        assert len(got) == 5
+        err = capsys.readouterr().err
+        assert "skipped 1 folder(s)" in err and "sub" in err and "skipped 1 unreadable image file(s)" in err
+        with pytest.raises(DataError, match="cannot read image .*0.png"):
+            D.read_image_folder(str(data), 8, strict=True)
+    finally:
+        locked.chmod(0o644)
+        hidden.chmod(0o755)
+
+
+def deny_as_the_kernel_would(monkeypatch, paths: set[str]) -> None:
+    """EACCES for these paths from os.scandir and PIL's open: what a user without read permission
+    gets, for a test running as root (which chmod 000 does not stop)."""
+    import errno
+
+    scandir, pil_open = os.scandir, Image.open
+
+    def refuse(path):
+        if str(path) in paths:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(os, "scandir", lambda path=".": refuse(path) or scandir(path))
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: refuse(fp) or pil_open(fp, *a, **k))
+
+
+def test_listing_order_is_torchvisions_for_ordinary_trees(tmp_path):
+    """Our walk replaced torchvision's find_classes + make_dataset; for a tree without links the
+    classes, labels and order (and so the decode cache keys) are the same."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    names = ["a", "a-b", "a.b", "B", "é", " sp", "-x", "9.png", "x.PNG", "y.jpeg", "n.txt", "w.webp"]
+    rng = np.random.default_rng(3)
+
+    def fill(d, depth):
+        for name in rng.choice(names, size=6, replace=False):
+            if depth < 2 and "." not in name:
+                (d / name).mkdir()
+                fill(d / name, depth + 1)
+            else:
+                (d / name).write_bytes(b"")
+
+    root = tmp_path / "tree"
+    (root / "cls").mkdir(parents=True)
+    fill(root / "cls", 0)
+    fill(root, 1)
+    classes, class_to_idx = find_classes(str(root))
+    expected = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    assert D._list_samples(str(root), D._Listing(str(root), [str(root)])) == (classes, expected)
+    assert len(expected) > 5

@@ -57,16 +57,16 @@ def test_resume_gives_the_same_weights(cifar_slice, tmp_path, monkeypatch):
     kw = dict(epochs=2, subset=256, schedule="step")
     train(small_cfg(cifar_slice, tmp_path / "full", **kw))
 
-    real_save = checkpoint.save
+    real_save = checkpoint.write_checkpoint
 
-    def crash_after_first(path, state):
-        real_save(path, state)
+    def crash_after_first(*args):
+        real_save(*args)
         raise KeyboardInterrupt  # the process dies right after the epoch-1 checkpoint
 
-    monkeypatch.setattr(checkpoint, "save", crash_after_first)
+    monkeypatch.setattr(checkpoint, "write_checkpoint", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         train(small_cfg(cifar_slice, tmp_path / "cut", **kw))
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    monkeypatch.setattr(checkpoint, "write_checkpoint", real_save)
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["epoch"] == 1
     train(small_cfg(cifar_slice, tmp_path / "cut", resume=True, **kw))
 

@@ -53,3 +53,22 @@ def test_the_step_loop_knows_no_method_and_no_experiment():
     for word in ["cfg.method", "alternation", "target_memory", "symmetry", "small_crops", "hasattr", "simsiam"]:
         assert word not in source, word
     assert len(source.splitlines()) <= 40  # fits on one screen
+
+
+def test_every_robustness_row_names_tests_that_exist():
+    """docs/robustness.md promises a test per row: each row names at least one, and each named
+    file::test (or `::test` of the file named before it) is defined in tests/."""
+    import re
+
+    tests = Path(__file__).parent
+    rows = [r for r in (tests.parent / "docs" / "robustness.md").read_text().splitlines() if r.startswith("| ")]
+    rows = [r for r in rows if not r.startswith("| case |")]
+    assert len(rows) >= 25
+    for row in rows:
+        cell = row.rstrip(" |").rsplit("|", 1)[1]
+        named = re.findall(r"(test_\w+\.py)?::(test_\w+)", cell)
+        assert named, f"no test named in row: {row}"
+        file = None
+        for f, name in named:
+            file = f or file
+            assert file and re.search(rf"^def {name}\(", (tests / file).read_text(), re.M), f"{file}::{name} not found"

@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 
 from .config import DEFAULT_PRESET, PRESETS, Config, from_preset
-from .errors import ConfigError, SimSiamError
+from .errors import ConfigError, Interrupted, SimSiamError
 from .runtime import log, resolve_device
 
 _HIDDEN = {"preset", "resume"}  # set by --preset / --resume, which get their own help
@@ -369,14 +369,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
         return 0
+    except Interrupted as e:  # SIGINT / SIGTERM, after the checkpoint was written
+        print(f"simsiam: {e}", file=sys.stderr)
+        return e.exit_code
     except SimSiamError as e:
         print(f"simsiam: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as e:  # a file the library did not expect to fail (full disk, permissions)
+        where = f" {e.filename}" if e.filename else ""
         print(
-            "simsiam: interrupted; the last finished epoch's checkpoint is kept (continue with --resume)",
+            f"simsiam: error: cannot access{where} ({e.strerror or e}); free disk space or fix the permissions",
             file=sys.stderr,
         )
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        print("simsiam: interrupted; the last checkpoint written is kept (continue with --resume)", file=sys.stderr)
         return 130
 
 

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 from .methods import METHODS
 
+# Largest --image-size / --load-size / --small-crop-size: a batch of 256 images of 4096 px is 13 GB
+# as uint8 already; anything larger is a typo that would otherwise try to allocate terabytes.
+MAX_IMAGE_SIZE = 4096
+
 
 def _opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
@@ -180,6 +184,16 @@ class Config:
     concat_views: bool = _opt(False, "one forward pass over both views; changes BN statistics, so off (official code)")
     log_every: int = _opt(10, "steps between progress-bar updates (each one syncs with the device)")
     resume: bool = _opt(False, "continue from RUN_DIR/checkpoint.pt")
+    checkpoint_every: int = _opt(
+        0,
+        "also write a checkpoint every N steps, so --resume continues mid-epoch (0: at "
+        "each epoch's end only; SIGINT and SIGTERM always write one before stopping)",
+    )
+    keep_checkpoints: int = _opt(
+        2,
+        "checkpoints kept (the newest is checkpoint.pt): a torn or corrupt newest one "
+        "is detected on --resume and the one before it used",
+    )
     preset: str | None = _opt(None, "preset the run started from (recorded; set with --preset)")
 
     def __post_init__(self):
@@ -204,6 +218,11 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}")
+        for name in ["image_size", "load_size", "small_crop_size"]:
+            if (v := getattr(self, name)) > MAX_IMAGE_SIZE:
+                raise ConfigError(f"--{_flag(name)} {v} is above the limit of {MAX_IMAGE_SIZE} px; give a smaller size")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"--keep-checkpoints must be at least 1 (the newest), got {self.keep_checkpoints}")
         if self.subset is not None and self.subset <= 0:
             raise ConfigError(f"--subset must be a positive number of images, got {self.subset}")
         for name in ["lr", "width", "knn_t", "collapse_fraction", "memory_budget_gb", "temperature", "sinkhorn_eps"]:
@@ -219,14 +238,22 @@ class Config:
             raise ConfigError(f"--memory-momentum must be in [0, 1), got {self.memory_momentum}")
         if not 0 <= self.ema_tau <= 1:
             raise ConfigError(f"--ema-tau must be in [0, 1], got {self.ema_tau}")
-        for name in ["warmup_epochs", "queue_size", "queue_start_epoch", "small_crops", "freeze_prototypes_epochs"]:
+        for name in [
+            "warmup_epochs",
+            "queue_size",
+            "queue_start_epoch",
+            "small_crops",
+            "freeze_prototypes_epochs",
+            "checkpoint_every",
+        ]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise ConfigError(
                 f"--warmup-epochs {self.warmup_epochs} leaves no epoch for the cosine of --epochs {self.epochs}"
             )
-        if self.alternation not in ("off", "epoch") and not (self.alternation.isdigit() and int(self.alternation) > 0):
+        steps = self.alternation.isascii() and self.alternation.isdigit()  # not "²": int() refuses it
+        if self.alternation not in ("off", "epoch") and not (steps and int(self.alternation) > 0):
             raise ConfigError(
                 f"--alternation must be off, epoch or a positive number of steps, got {self.alternation!r}"
             )
@@ -268,6 +295,12 @@ class Config:
             raise ConfigError(f"--proj-layers must be 2 or 3, got {self.proj_layers}")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ConfigError(f"--crop-scale needs 0 < min <= max <= 1, got {self.crop_scale}")
+        for f in dataclasses.fields(self):  # the numbers no check above covers: jitter, mean, std, ...
+            v = getattr(self, f.name)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, tuple) else (v,))):
+                raise ConfigError(f"--{_flag(f.name)} must be a finite number, got {v}")
+        if min(self.std) <= 0:
+            raise ConfigError(f"--std divides the images and must be positive, got {self.std}")
         if self.dataset == "digits" and self.data_dir:
             raise ConfigError(
                 f"--data-dir {self.data_dir} is not read with --dataset digits; add --dataset folder "
@@ -319,18 +352,30 @@ def _coerce(name, value, hint):
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(base)):
             raise ConfigError(f"config key {name} needs {len(typing.get_args(base))} numbers, got {value!r}")
-        return tuple(float(v) for v in value)
+        return tuple(_number(name, v) for v in value)
     if base is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key {name} needs true or false, got {value!r}")
         return value
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _number(name, value)
     if base is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if base is str and isinstance(value, str):
         return value
     raise ConfigError(f"config key {name} needs a {getattr(base, '__name__', base)}, got {value!r}")
+
+
+def _number(name, value) -> float:
+    """A JSON number as a float; a string, a bool or an int beyond any float is a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"config key {name} needs numbers, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond 1.8e308
+        raise ConfigError(
+            f"config key {name} needs a number below 1e308, got one of {len(str(abs(value)))} digits"
+        ) from None
 
 
 # Presets: overrides on top of the ImageNet defaults. The paper's recipes are exact; the `-cpu`
@@ -412,7 +457,8 @@ def from_preset(name: str | None, **overrides) -> Config:
 
 
 def _method_defaults(method: str) -> dict:
-    return METHODS[method].DEFAULTS if method in METHODS else {}  # an unknown name fails in validate
+    known = isinstance(method, str) and method in METHODS  # not `[] in METHODS`: a list is unhashable
+    return METHODS[method].DEFAULTS if known else {}  # an unknown name fails in validate
 
 
 def load_json(path) -> Config:

@@ -20,6 +20,14 @@ class TrainingError(SimSiamError):
     """Training cannot go on (non-finite loss, checkpoint that does not match, ...)."""
 
 
+class Interrupted(SimSiamError):
+    """SIGINT or SIGTERM stopped training after writing a checkpoint (exit 130 / 143)."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.exit_code = 143 if signal_name == "SIGTERM" else 130
+
+
 def warn(msg: str) -> None:
     """A one-line warning on stderr (not `warnings.warn`: its file:line prefix is noise to a user);
     under torchrun from rank 0 only."""

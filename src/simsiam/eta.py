@@ -88,6 +88,13 @@ class KStepTargets(NoTargets):
             gen.set_state(replay)
         return self.etas[step % self.block]
 
+    def state_dict(self) -> dict:
+        """The current block's targets: a resume in the middle of a block continues with them."""
+        return {"etas": self.etas}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.etas = list(state["etas"]) if state else []
+
 
 def block_length(alternation: str, steps_per_epoch: int) -> int:
     """K of `--alternation` (0 = off); a block never spans two epochs."""

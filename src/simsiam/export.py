@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +73,7 @@ def _howto(cfg) -> str:
 
 
 def list_images(root) -> list[str]:
-    if not os.path.isdir(str(root)):
-        raise DataError(f"{root} does not exist; give --data-dir a folder of images")
+    datasets.require_folder(str(root), "give --data-dir a folder of images")
     paths = datasets.list_images(str(root))
     if not paths:
         raise DataError(f"no image files ({', '.join(IMG_EXTENSIONS[:4])}, ...) under {root}")
@@ -97,9 +95,9 @@ def embed_folder(
     `out` with suffix `.projector.npy` (needs a run directory with checkpoint.pt)."""
     from tqdm import tqdm
 
+    paths = list_images(data_dir)  # first: a wrong --data-dir fails before the backbone loads
     backbone, cfg = load_backbone(source, device)
     proj = _load_projector(source, cfg, device) if projector else None
-    paths = list_images(data_dir)
     feats, zs, kept, bad = [], [], [], []
     for i in tqdm(range(0, len(paths), batch_size), desc="embed", unit="batch", disable=not progress):
         chunk = paths[i : i + batch_size]

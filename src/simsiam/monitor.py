@@ -39,11 +39,25 @@ class Monitor:
             disable=not is_main(),
         )
 
-    def start_epoch(self, epoch: int, device: torch.device) -> None:
+    def start_epoch(self, epoch: int, device: torch.device, partial: dict | None = None) -> None:
+        """A new epoch, or the rest of one a resume enters (`partial`: see `partial()`)."""
         self.epoch, self.t0, self.steps = epoch, time.perf_counter(), 0
         self.loss_sum = torch.zeros((), device=device)
         self.zstd_sum = torch.zeros((), device=device)
+        if partial:
+            self.steps, self.t0 = partial["steps"], self.t0 - partial["seconds"]
+            self.loss_sum += partial["loss_sum"].to(device)
+            self.zstd_sum += partial["zstd_sum"].to(device)
         self.bar.set_description(f"epoch {epoch + 1}/{self.cfg.epochs}")
+
+    def partial(self) -> dict:
+        """The unfinished epoch's sums and time, for a mid-epoch checkpoint."""
+        return {
+            "steps": self.steps,
+            "seconds": time.perf_counter() - self.t0,
+            "loss_sum": self.loss_sum.cpu(),
+            "zstd_sum": self.zstd_sum.cpu(),
+        }
 
     def step(self, step: int, out: StepOutput) -> None:
         self.loss_sum += out.loss.detach().float()

@@ -13,7 +13,7 @@ import torch.nn as nn
 from . import checkpoint
 from .backbones import build_backbone
 from .config import PRESETS, Config, load_json
-from .errors import DataError
+from .errors import DataError, warn
 
 OFFICIAL_PREFIX = "module.encoder."
 OFFICIAL = "official-checkpoint"  # cfg.preset of a backbone read from the official format
@@ -30,7 +30,7 @@ def load_backbone(source: str | Path, device: str | torch.device = "cpu") -> tup
         if (source / "backbone.pt").exists():
             weights = checkpoint.load(source / "backbone.pt")
         elif (source / checkpoint.CHECKPOINT).exists():
-            weights = _backbone_from_model(checkpoint.load(source / checkpoint.CHECKPOINT)["model"])
+            weights = _backbone_from_model(checkpoint.load_latest(source, warn=warn)["model"])
         else:
             raise DataError(f"{source} holds no backbone.pt or checkpoint.pt; has its first epoch finished?")
     elif source.is_file():
@@ -38,12 +38,14 @@ def load_backbone(source: str | Path, device: str | torch.device = "cpu") -> tup
     else:
         raise DataError(f"{source} does not exist; give a run directory or a checkpoint file")
     backbone, _ = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width)
-    missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    fits = f"{source}: weights do not fit a {cfg.arch} (width {cfg.width}, cifar_stem {cfg.cifar_stem})"
+    try:
+        missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: another width or architecture
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise DataError(f"{fits}: {first}; is config.json the run's own?") from None
     if missing or unexpected:
-        raise DataError(
-            f"{source}: weights do not fit a {cfg.arch} (width {cfg.width}, cifar_stem {cfg.cifar_stem}); "
-            f"missing {missing[:2]}, unexpected {unexpected[:2]}"
-        )
+        raise DataError(f"{fits}; missing {missing[:2]}, unexpected {unexpected[:2]}")
     return backbone.to(device).eval(), cfg
 
 

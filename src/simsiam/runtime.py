@@ -143,6 +143,50 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class StopSignals:
+    """While inside: SIGINT (Ctrl-C) and SIGTERM (what a scheduler sends before a pre-emption) only
+    set `received`; the training loop then writes a checkpoint at the next step boundary and stops.
+    A second SIGINT raises KeyboardInterrupt at once, a second SIGTERM terminates. Outside the
+    main thread (or where signals are not available) nothing is installed."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        self.received = signal.Signals(signum).name
+        log(f"{self.received}: writing a checkpoint at the next step, then stopping (again to stop at once)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def resident_memory_mb() -> float | None:
+    """This process's resident memory now (Linux), for the metrics: it must not grow epoch by epoch."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

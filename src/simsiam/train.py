@@ -15,7 +15,8 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,15 +26,16 @@ from . import checkpoint
 from .config import Config
 from .data import ImageSet, load_splits
 from .data.datasets import Images
-from .errors import ConfigError, DataError, SimSiamError, TrainingError
+from .errors import ConfigError, DataError, Interrupted, SimSiamError, TrainingError, warn
 from .eta import NoTargets, target_provider
 from .evaluate import knn_accuracy
 from .methods import Method, build_model
 from .monitor import Monitor
 from .optim import build_optimizer, lr_at, set_lr
-from .parallel import broadcast_bn_stats, convert_sync_bn, rank_slice, wrap
+from .parallel import broadcast_bn_stats, convert_sync_bn, mean_over_ranks, rank_slice, wrap
 from .runs import read_metrics
 from .runtime import (
+    StopSignals,
     autocast,
     barrier,
     broadcast_object,
@@ -44,6 +46,7 @@ from .runtime import (
     process_group,
     rank_and_world,
     reset_peak_memory,
+    resident_memory_mb,
     resolve_device,
     run_metadata,
     seed_everything,
@@ -72,6 +75,10 @@ class Run:
     start_epoch: int = 0
     train_seconds: float = 0.0
     knn_random: float | None = None
+    metrics: list[dict] = field(default_factory=list)  # every finished epoch's line
+    partial: dict | None = None  # where a resume enters the middle of an epoch (see `partial_state`)
+    closing: ExitStack = field(default_factory=ExitStack)  # the run directory's lock
+    signals: StopSignals | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -90,21 +97,28 @@ class Run:
     def z_healthy(self) -> float:
         return 1 / math.sqrt(self.method.dim)
 
+    def global_step(self, epoch: int, step: int) -> int:
+        """Steps done once `step` steps of epoch `epoch` (0-based) are done."""
+        return epoch * self.steps_per_epoch + step
+
 
 def fit(cfg: Config) -> dict:
     """Train `cfg.method` as configured; returns the summary (also in RUN_DIR/summary.json).
     Under torchrun every process calls it; they train one model data-parallel."""
     with process_group(cfg.device):
         run = setup(cfg)
-        monitor = Monitor(cfg, run.run_dir, run.steps_per_epoch, run.start_epoch, run.z_healthy)
-        last = None
-        try:
-            for epoch in range(run.start_epoch, cfg.epochs):
-                stats = train_one_epoch(run, epoch, monitor)
-                last = end_epoch(run, epoch, stats, monitor)
-        finally:
-            monitor.close()
-        return finish(run, last)
+        with run.closing, StopSignals() as run.signals:
+            monitor = Monitor(cfg, run.run_dir, run.steps_per_epoch, run.start_epoch, run.z_healthy)
+            last = None
+            try:
+                for epoch in range(run.start_epoch, cfg.epochs):
+                    stats = train_one_epoch(run, epoch, monitor)
+                    last = end_epoch(run, epoch, stats, monitor)
+                    if epoch + 1 < cfg.epochs:
+                        stop_if_asked(run, epoch + 1, 0)
+            finally:
+                monitor.close()
+            return finish(run, last)
 
 
 def train(cfg: Config) -> dict:
@@ -115,7 +129,7 @@ def train(cfg: Config) -> dict:
     if cfg.report and is_main():
         try:
             log(f"report: {write_report(summary['run_dir'], device=summary['device'])}")
-        except SimSiamError as e:  # the run itself is complete; a failed plot must not hide that
+        except (SimSiamError, OSError) as e:  # the run itself is complete; a failed plot must not hide that
             log(f"warning: no report written ({e}); try `simsiam report {summary['run_dir']}`")
     return summary
 
@@ -124,11 +138,16 @@ def train_one_epoch(run: Run, epoch: int, monitor: Monitor) -> dict:
     """The step loop: views -> method step -> backward -> optimizer -> hooks. Returns the epoch's stats."""
     cfg, method, optimizer = run.cfg, run.method, run.optimizer
     method.on_epoch_start(epoch)
-    monitor.start_epoch(epoch, run.device)
-    order = rank_slice(torch.randperm(len(run.train_set), generator=run.gen, device=run.device), cfg.batch_size)
+    partial, run.partial = run.partial, None  # a resume in the middle of this epoch
+    monitor.start_epoch(epoch, run.device, partial)
+    first = partial["step"] if partial else 0
+    full = partial["order"].to(run.device) if partial else None
+    full = torch.randperm(len(run.train_set), generator=run.gen, device=run.device) if full is None else full
+    order = rank_slice(full, cfg.batch_size)
     pin = run.device.type == "cuda"  # streamed batches: pinned, copied without blocking
-    batches = run.train_set.batches(run.batch, order=order, drop_last=True, workers=cfg.workers, pin_memory=pin)
-    for step, images in enumerate(batches):
+    rest = order[first * run.batch :]
+    batches = run.train_set.batches(run.batch, order=rest, drop_last=True, workers=cfg.workers, pin_memory=pin)
+    for step, images in enumerate(batches, start=first):
         set_lr(optimizer, *lr_at(cfg, epoch, step, run.steps_per_epoch))
         images = images.to(run.device, non_blocking=True)  # a no-op when the data lives on the device
         targets = run.targets.targets(order, step)  # None unless a Sec. 5.2 experiment gives them
@@ -143,6 +162,8 @@ def train_one_epoch(run: Run, epoch: int, monitor: Monitor) -> dict:
         method.after_step((epoch * run.steps_per_epoch + step + 1) / (run.steps_per_epoch * cfg.epochs))
         run.targets.update(order, step, out)
         monitor.step(step, out)
+        if step + 1 < run.steps_per_epoch:  # mid-epoch checkpoints (--checkpoint-every, SIGINT, SIGTERM)
+            checkpoint_mid_epoch(run, epoch, step + 1, full, monitor)
     return monitor.end_epoch()
 
 
@@ -163,11 +184,55 @@ def end_epoch(run: Run, epoch: int, stats: dict, monitor: Monitor) -> dict:
     if run.has_labels and (epoch + 1 == cfg.epochs or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):
         row["knn_top1"] = top1 = knn(run)
         log(f"epoch {epoch + 1}: loss {row['loss']:.4f}, z-std {row['z_std']:.4f}, kNN top-1 {100 * top1:.2f}%")
+    row["rss_mb"] = resident_memory_mb()
+    run.metrics.append(row)
+    save_checkpoint(run, epoch + 1, 0)  # first the checkpoint, then its line: a resume never repeats an epoch
     monitor.record(row)
-    if is_main():
-        checkpoint.save(run.run_dir / checkpoint.CHECKPOINT, training_state(run, epoch + 1))
-    barrier()  # the checkpoint is written before any process moves on
     return row
+
+
+def checkpoint_mid_epoch(run: Run, epoch: int, step: int, order: torch.Tensor, monitor: Monitor) -> None:
+    """Every --checkpoint-every steps, and when SIGINT or SIGTERM arrived: a checkpoint of the
+    epoch so far (its data order, the step reached, the monitor's sums), so --resume continues
+    here; after a signal, then stop."""
+    every = run.cfg.checkpoint_every
+    due = every > 0 and run.global_step(epoch, step) % every == 0
+    asked = stop_requested(run, step)
+    if due or asked:
+        save_checkpoint(run, epoch, step, order=order, partial=monitor.partial())
+    if asked:
+        stop_if_asked(run, epoch, step, checked=True)
+
+
+def save_checkpoint(run: Run, epoch: int, step: int, order=None, partial=None) -> None:
+    """Rank 0 writes (verified, the older ones kept: see checkpoint.py); every process waits for it."""
+    if is_main():
+        state = training_state(run, epoch, step, order, partial)
+        checkpoint.write_checkpoint(run.run_dir, state, run.global_step(epoch, step), run.cfg.keep_checkpoints)
+    barrier()  # the checkpoint is written before any process moves on
+
+
+def stop_requested(run: Run, step: int) -> bool:
+    """A stop signal arrived (in any process: they agree every --log-every steps under torchrun)."""
+    asked = run.signals is not None and run.signals.received is not None
+    if rank_and_world()[1] == 1:
+        return asked
+    if (step + 1) % run.cfg.log_every:
+        return False
+    return bool(mean_over_ranks(torch.tensor(float(asked), device=run.device)).item() > 0)
+
+
+def stop_if_asked(run: Run, epoch: int, step: int, checked: bool = False) -> None:
+    """After a stop signal, with the checkpoint of (epoch, step) written: stop with one line."""
+    if checked or stop_requested(run, run.cfg.log_every - 1):
+        assert run.signals is not None
+        name = run.signals.received or "a stop signal"
+        where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+        raise Interrupted(
+            f"{name}: stopped at {where} with a checkpoint in {run.run_dir}; continue with "
+            f"`simsiam train --resume --run-dir {run.run_dir}`",
+            signal_name=name,
+        )
 
 
 def finish(run: Run, last: dict | None) -> dict:
@@ -255,7 +320,10 @@ def setup(cfg: Config, data: tuple[Images, Images, Images] | None = None) -> Run
     with main_first():  # rank 0 downloads or decodes into the cache first
         train_set, bank_set, test_set = data or load_data(cfg)
     if is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or options leave no empty run dir behind
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or options leave no empty run dir behind
+        except OSError as e:
+            raise TrainingError(checkpoint._cannot_write(run_dir, e)) from None
     train_set, bank_set, test_set = train_set.to(device), bank_set.to(device), test_set.to(device)
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -269,14 +337,23 @@ def setup(cfg: Config, data: tuple[Images, Images, Images] | None = None) -> Run
     targets = target_provider(cfg, method.encoder, train_set, plan, method.dim, batch, lambda: autocast(device, bf16))
     model = wrap(method, device, compile=cfg.compile)
     run = Run(cfg, run_dir, device, bf16, train_set, bank_set, test_set, model, method, optimizer, plan, targets, gen)
-    if cfg.resume:
-        resume(run, checkpoint.load(ckpt_path, map_location=device))
-    else:
-        start(run)
-
     if is_main():
-        (run_dir / "config.json").write_text(json.dumps(cfg.replace(resume=False).to_dict(), indent=2) + "\n")
-        (run_dir / "run.json").write_text(json.dumps(run_metadata(device, bf16), indent=2) + "\n")
+        run.closing.enter_context(checkpoint.RunLock(run_dir))  # a second `simsiam train` here refuses to start
+    try:
+        if cfg.resume:
+            resume(run, checkpoint.load_latest(run_dir, map_location=device, warn=warn))
+        else:
+            start(run)
+        if is_main():
+            checkpoint.write_atomic(
+                run_dir / "config.json", json.dumps(cfg.replace(resume=False).to_dict(), indent=2) + "\n"
+            )
+            checkpoint.write_atomic(
+                run_dir / "run.json", json.dumps(run_record(run_dir, device, bf16), indent=2) + "\n"
+            )
+    except BaseException:
+        run.closing.close()
+        raise
     placement = "in memory" if isinstance(train_set, ImageSet) else f"streamed by {cfg.workers} workers"
     processes = (
         f", {world} processes x {cfg.batch_size // world}{' SyncBN' if cfg.sync_bn else ''}" if world > 1 else ""
@@ -289,6 +366,16 @@ def setup(cfg: Config, data: tuple[Images, Images, Images] | None = None) -> Run
     )
     run.method.train()
     return run
+
+
+def run_record(run_dir: Path, device: torch.device, bf16: bool) -> dict:
+    """run.json: what started the run; a resume adds its own record under "resumed" and keeps the first."""
+    now = run_metadata(device, bf16)
+    try:
+        first = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return now
+    return {**first, "resumed": [*first.get("resumed", []), now]}
 
 
 def default_run_dir(cfg: Config) -> str:
@@ -321,41 +408,95 @@ def load_data(cfg: Config) -> tuple[Images, Images, Images]:
 def start(run: Run) -> None:
     """A new run: an empty metrics.jsonl, kNN at random init, the target provider's first pass."""
     if is_main():
-        (run.run_dir / "metrics.jsonl").write_text("")
+        checkpoint.write_atomic(run.run_dir / "metrics.jsonl", "")
     if run.cfg.knn_random_init and run.has_labels:
         run.knn_random = top1 = knn(run)
         log(f"kNN top-1 of the backbone at random init: {100 * top1:.2f}%")
     run.targets.start()
 
 
-def training_state(run: Run, epoch: int) -> dict:
-    """What checkpoint.pt holds after `epoch` epochs (see checkpoint.py)."""
+def training_state(run: Run, epoch: int, step: int = 0, order=None, partial=None) -> dict:
+    """What a checkpoint holds once `step` steps of epoch `epoch` (0-based) are done; step 0 is the
+    end of epoch `epoch` - 1, when `order` and `partial` are None (see checkpoint.py)."""
     return {
         "epoch": epoch,
+        "step": step,
+        "order": None if order is None else order.cpu(),
+        "partial": partial,
         "model": checkpoint.model_state(run.model),
         "optimizer": run.optimizer.state_dict(),
         "generator": run.gen.get_state(),
+        "rng": {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
+        },
         "train_seconds": run.train_seconds,
         "knn_random_init": run.knn_random,
         "config": run.cfg.to_dict(),
         "memory": run.targets.state_dict(),
+        "metrics": run.metrics,
     }
 
 
 def resume(run: Run, state: dict) -> None:
+    """Continue from `state`: the weights, the optimizer, every generator, the Sec. 5.2 targets, the
+    metrics so far (metrics.jsonl is rewritten from them), and the place within an epoch."""
     try:
         run.method.load_state_dict(checkpoint.plain_keys(state["model"]))
         run.optimizer.load_state_dict(state["optimizer"])
         run.targets.load_state_dict(state["memory"])
     except (RuntimeError, ValueError, KeyError) as e:
+        changed = config_changes(state.get("config") or {}, run.cfg)
         raise TrainingError(
-            f"{run.run_dir / checkpoint.CHECKPOINT} does not match this configuration ({str(e).splitlines()[0]}); "
-            "resume with the run's own options"
+            f"{run.run_dir / checkpoint.CHECKPOINT} does not match this configuration ("
+            + (f"changed: {changed}" if changed else str(e).splitlines()[0])
+            + "); resume with the run's own options"
         ) from None
     run.gen.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
+    rng = state.get("rng") or {}
+    if "cpu" in rng:
+        torch.set_rng_state(rng["cpu"])
+    if rng.get("cuda") and run.device.type == "cuda" and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     run.start_epoch, run.train_seconds, run.knn_random = (
         state["epoch"],
         state["train_seconds"],
         state["knn_random_init"],
     )
-    log(f"resumed {run.run_dir} at epoch {run.start_epoch}/{run.cfg.epochs}")
+    run.metrics = state.get("metrics") or [m for m in read_metrics(run.run_dir) if m["epoch"] <= state["epoch"]]
+    if state.get("step"):
+        run.partial = {"step": state["step"], "order": state["order"], **state["partial"]}
+    if is_main():  # the lines of the epochs the checkpoint holds, none after them
+        lines = "".join(json.dumps(m) + "\n" for m in run.metrics)
+        checkpoint.write_atomic(run.run_dir / "metrics.jsonl", lines)
+    where = f"epoch {run.start_epoch + 1}, step {state['step']}" if state.get("step") else f"epoch {run.start_epoch}"
+    log(f"resumed {run.run_dir} at {where} of {run.cfg.epochs}")
+
+
+_NOT_THE_MODEL = {
+    "resume",
+    "run_dir",
+    "epochs",
+    "device",
+    "workers",
+    "log_every",
+    "knn_every",
+    "report",
+    "tensorboard",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "compile",
+    "precision",
+    "preset",
+}
+
+
+def config_changes(saved: dict, cfg: Config) -> str:
+    """The options that differ from the checkpoint's, as 'width 0.125 (now 0.25), ...'."""
+    now = cfg.to_dict()
+    diff = [(k, v, now.get(k)) for k, v in saved.items() if k not in _NOT_THE_MODEL and now.get(k) != _plain(v)]
+    return ", ".join(f"--{k.replace('_', '-')} {_plain(v)} (now {n})" for k, v, n in diff)
+
+
+def _plain(v):
+    return tuple(v) if isinstance(v, list) else v

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import DataError, warn
 
@@ -30,6 +32,9 @@ HOLDOUT_SEED = 1234  # the held-out split never depends on --seed, so runs stay 
 UNLABELED = -1
 TORCHVISION_SETS = ("cifar10", "cifar100", "stl10")
 CACHE_VERSION = 1
+# Images with more pixels are skipped as unreadable: PIL's decompression-bomb limit (about 89.5 M
+# pixels, a 9,500 px square), above which PIL would warn and, at twice it, refuse.
+MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 @dataclass
@@ -216,10 +221,11 @@ def load_torchvision(name: str, root: str | None, size: int, cache_dir: str | No
 
     download = root is None
     root = root or str(cache_root(cache_dir) / name)
-    if not download and not os.path.isdir(root):
-        raise DataError(
-            f"data folder {root} does not exist; give --data-dir the folder that holds {name} "
-            "(torchvision layout or train/ and test/ class folders), or omit it to download"
+    if not download:
+        require_folder(
+            root,
+            f"give --data-dir the folder that holds {name} (torchvision layout or train/ and test/ class "
+            "folders), or omit it to download",
         )
     try:
         if name == "stl10":
@@ -292,20 +298,18 @@ def load_folder(
 
     placement: "memory" decodes everything once into uint8 tensors (cached); "stream" leaves the
     files on disk (FileSet); "auto" streams when the decoded images would exceed the budget."""
-    if not root or not os.path.isdir(root):
-        raise DataError(
-            f"data folder {root} does not exist; give --data-dir a folder of images (sub-folders = classes)"
-        )
+    require_folder(root, "give --data-dir a folder of images (sub-folders = classes)")
     dirs = [root]
     if _has_split_folders(root):
         dirs = [
             os.path.join(root, "train"),
             next(os.path.join(root, s) for s in ("test", "val") if os.path.isdir(os.path.join(root, s))),
         ]
+    listing = _Listing(root, dirs)
     listed: list[list[tuple[str, int]]] = []
     classes: list[str] = []
     for d in dirs:
-        found, samples = _list_samples(d)
+        found, samples = _list_samples(d, listing)
         if listed and found != classes:
             raise DataError(
                 f"the classes of {d} ({len(found)}) differ from the training split's ({len(classes)}); "
@@ -313,6 +317,7 @@ def load_folder(
             )
         classes = found
         listed.append(samples)
+    listing.warn()
     n = sum(len(s) for s in listed)
     if placement == "auto":
         placement = "stream" if n * 3 * size * size > memory_budget_gb * 2**30 else "memory"
@@ -327,26 +332,144 @@ def load_folder(
     return tuple(sets) if len(sets) == 2 else holdout_split(sets[0], holdout)
 
 
+def require_folder(root: str | None, todo: str) -> None:
+    """A one-line DataError unless `root` is a folder we can list; `todo` says what to give instead."""
+    if root and os.path.isfile(root):
+        raise DataError(f"data folder {root} is a file, not a folder; {todo}")
+    if not root or not os.path.isdir(root):
+        raise DataError(f"data folder {root} does not exist; {todo}")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise DataError(f"cannot read data folder {root} (permission denied); check its permissions")
+
+
 def list_images(root: str) -> list[str]:
-    """Every image file under root (any depth), sorted, so orders are stable."""
-    exts = tuple(e.lower() for e in IMG_EXTENSIONS)
-    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.lower().endswith(exts))
+    """Every image file under root (any depth), sorted, so orders are stable; each real file once."""
+    listing = _Listing(root, [])
+    paths = sorted(listing.images(root))
+    listing.warn()
+    return paths
 
 
-def _list_samples(root: str) -> tuple[list[str], list[tuple[str, int]]]:
+def _list_samples(root: str, listing: _Listing) -> tuple[list[str], list[tuple[str, int]]]:
     """(class names, [(path, label)]) of an ImageFolder; a flat folder gives no classes, label -1."""
-    try:
-        found, class_to_idx = find_classes(root)
-        samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    except FileNotFoundError:  # no class sub-folders: a flat folder of unlabeled images
-        found, samples = [], [(p, UNLABELED) for p in list_images(root)]
+    found = listing.class_folders(root)
+    if found:
+        samples = [(p, label) for label, c in enumerate(found) for p in listing.images(os.path.join(root, c))]
+    else:  # no class sub-folders: a flat folder of unlabeled images
+        samples = [(p, UNLABELED) for p in sorted(listing.images(root))]
     if not samples:
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS[:4])}, ...) found under {root}; check --data-dir")
     return found, samples
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks
+    except OSError:  # a link loop (ELOOP): not a folder; with an image name it is an unreadable file
+        return False
+
+
+def _class_names(folder: str) -> list[str]:
+    """Sorted sub-folder names, as torchvision's find_classes (which crashes on a looping link)."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if _is_dir(e))
+    except OSError as e:
+        raise DataError(f"cannot list data folder {folder} ({e.strerror}); check its permissions") from None
+
+
+_IMAGE_SUFFIXES = tuple(e.lower() for e in IMG_EXTENSIONS)
+
+
+class _Listing:
+    """The image files of a data folder in torchvision's ImageFolder order (classes sorted; in each,
+    folders by path and files by name), except that symlinks are followed at most once per real
+    folder and each real file is listed once (by os.path.realpath). So a link loop (`cats/up -> ..`)
+    or a linked copy cannot multiply the images or put one image in both splits. `splits` are the
+    folders whose sub-folders are classes: a link from one class into another, into a split or
+    up to the data folder is skipped too. What is skipped is counted for one warning."""
+
+    def __init__(self, root: str, splits: list[str]):
+        self.name, self.root = root, os.path.realpath(root)
+        self.containers = {self.root, *(os.path.realpath(s) for s in splits)}
+        self.classes = {os.path.realpath(os.path.join(s, c)) for s in splits for c in _class_names(s)}
+        self.folders: set[str] = set()  # real paths of the folders read (or about to be)
+        self.files: set[str] = set()  # real paths of the files listed
+        self.skipped: list[str] = []  # links (and files) that lead to something listed already
+        self.unlistable: list[str] = []
+
+    def _repeats(self, real: str) -> bool:
+        """Reading folder `real` again would repeat images: read already, a split, or above the data."""
+        return real in self.folders or real in self.containers or self.root.startswith(real.rstrip(os.sep) + os.sep)
+
+    def class_folders(self, split: str) -> list[str]:
+        """The sub-folders of `split`, sorted, less links up to the data folder or to a folder
+        listed already (`cats2 -> cats`): those would be classes of repeated images."""
+        names, reals = [], set()
+        for c in _class_names(split):
+            real = os.path.realpath(os.path.join(split, c))
+            if self._repeats(real) or real in reals:
+                self.skipped.append(os.path.join(split, c))
+            else:
+                names.append(c)
+                reals.add(real)
+        return names
+
+    def images(self, top: str) -> list[str]:
+        """Image files under top, in the order of torchvision's make_dataset."""
+        real = os.path.realpath(top)
+        self.folders.add(real)
+        stack, found = [(top, real)], []
+        while stack:
+            folder, real = stack.pop()
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(((e, _is_dir(e)) for e in it), key=lambda x: x[0].name)
+            except OSError as err:
+                self.unlistable.append(f"{folder} ({err.strerror})")
+                continue
+            found.append((folder, real, [e for e, is_dir in entries if not is_dir]))
+            for e, _ in reversed([x for x in entries if x[1]]):  # depth first, sorted: which alias wins is stable
+                sub = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
+                if self._repeats(sub) or sub in self.classes:
+                    self.skipped.append(e.path)
+                else:
+                    self.folders.add(sub)
+                    stack.append((e.path, sub))
+        paths = []
+        for _, real, files in sorted(found, key=lambda x: x[0]):
+            for e in files:
+                if not e.name.lower().endswith(_IMAGE_SUFFIXES):
+                    continue
+                # a dangling or looping link keeps its own path: listed, it is counted as unreadable
+                resolves = e.is_symlink() and os.path.exists(e.path)
+                key = os.path.realpath(e.path) if resolves else os.path.join(real, e.name)
+                if key in self.files:
+                    self.skipped.append(e.path)
+                else:
+                    self.files.add(key)
+                    paths.append(e.path)
+        return paths
+
+    def warn(self) -> None:
+        if self.skipped:
+            e = self.skipped[0]
+            warn(
+                f"skipped {len(self.skipped)} symlinked folder(s) or file(s) under {self.name} that loop or repeat "
+                f"images listed already, e.g. {e} -> {os.path.realpath(e)}; each real image is read once"
+            )
+        if self.unlistable:
+            warn(
+                f"skipped {len(self.unlistable)} folder(s) under {self.name} that cannot be listed, "
+                f"e.g. {self.unlistable[0]}; check their permissions"
+            )
+
+
 def read_image_folder(root: str, size: int, strict: bool = False, cache: Path | None = None) -> ImageSet:
-    found, samples = _list_samples(root)
+    require_folder(root, "give a folder of images (sub-folders = classes)")
+    listing = _Listing(root, [root])
+    found, samples = _list_samples(root, listing)
+    listing.warn()
     return _decode_samples(root, samples, found, size, strict, cache)
 
 
@@ -361,6 +484,8 @@ def _decode_samples(root, samples, found, size, strict, cache) -> ImageSet:
         images, labels, bad = _decode_all(samples, size, strict)
         if cache:
             _save_cache(cache, key, images, labels, bad)
+    if bad and strict:  # a cache hit holds the bad files of the decode that filled it
+        raise DataError(f"cannot read image {bad[0]}; fix or remove it, or drop --strict to skip bad files")
     if bad:
         warn(
             f"skipped {len(bad)} unreadable image file(s) under {root}, e.g. {', '.join(bad[:3])} "
@@ -390,9 +515,14 @@ def _decode_all(samples, size: int, strict: bool):
 
 def decode_image(path: str, size: int) -> np.ndarray | None:
     """RGB uint8 (size, size, 3): shorter side resized to `size`, then centre-cropped. Any mode
-    (palette, CMYK, RGBA, 16-bit) becomes 8-bit RGB; None for a file that cannot be decoded."""
+    (palette, CMYK, RGBA, 16-bit) becomes 8-bit RGB; None for a file that cannot be decoded or has
+    more than MAX_PIXELS pixels (a decompression bomb)."""
+    if not os.path.isfile(path):  # a FIFO named x.jpg would block the open forever
+        return None
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                return None
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale, do not clip at 255
                 arr = np.asarray(im, dtype=np.float64)
@@ -411,6 +541,19 @@ def decode_image(path: str, size: int) -> np.ndarray | None:
         return None
 
 
+_OPEN_LOCK = threading.Lock()
+
+
+def _open(path: str) -> Image.Image:
+    """Image.open (it reads the header only) without PIL's raw warnings, several lines each: a
+    DecompressionBombWarning (decode_image counts such images as unreadable instead) or one about
+    corrupt metadata (TIFF/EXIF tags). Warning filters are process-wide state, not thread-safe, and
+    the decode threads open files concurrently, hence the lock."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"PIL\.")
+        return Image.open(path)
+
+
 # --- decode-once cache ---------------------------------------------------------------------------
 
 
@@ -418,8 +561,12 @@ def _cache_key(samples, size: int) -> str:
     """Changes whenever a file is added, removed, renamed, relabelled, resized or touched."""
     h = hashlib.sha1(f"v{CACHE_VERSION} size={size}".encode())
     for path, label in samples:
-        st = os.stat(path)
-        h.update(f"{os.path.abspath(path)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:  # a dangling or looping link: an unreadable file, until it is fixed
+            stamp = "missing"
+        h.update(f"{os.path.abspath(path)}\0{label}\0{stamp}\n".encode())
     return h.hexdigest()[:20]
 
 
