@@ -3,54 +3,15 @@ a timed rate, and writing one script's section of benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
-import os
-import platform
-import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torchvision
+
+from simsiam.runtime import commit, has_amx, machine  # noqa: F401 (the benchmarks import them from here)
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-
-
-def has_amx() -> bool:
-    """The CPU has AMX-BF16 matrix units (bf16 is then fast on it; elsewhere ~20x slower than fp32)."""
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1).strip()
-    except (OSError, AttributeError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return (
-        f"{cpu} ({'AMX-BF16' if has_amx() else 'no AMX'}), {cores} cores usable ({torch.get_num_threads()} torch "
-        f"threads){gpu}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"Python {platform.python_version()}"
-    )
-
-
-def commit() -> str:
-    """The simsiam commit the numbers come from (marked when the working tree has changes)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout
-    except OSError:
-        return "unknown commit"
-    return f"commit {sha.strip() or 'unknown'}" + (" + uncommitted changes" if dirty.strip() else "")
 
 
 def rate(step: Callable[[], int], seconds: float, warmup: int) -> float:

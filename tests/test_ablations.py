@@ -230,6 +230,18 @@ def test_finished_runs_are_reused_only_by_the_same_code_unless_fresh(tmp_path, m
     assert fp == rep.code_fingerprint() and len(fp) == 16
     hashed = {name for _, name in rep.source_files()}  # the whole package, not only experiments/
     assert {"train.py", "methods/simsiam.py", "data/augment.py", "experiments/runner.py"} <= hashed
+    assert rep.NOT_TRAINING <= hashed  # listed, and left out of the fingerprint: tables and checks only
+    (tmp_path / "edited.py").write_text("# a changed table\n")
+    files = rep.source_files()
+    with monkeypatch.context() as m:
+        m.setattr(
+            rep, "source_files", lambda: [(tmp_path / "edited.py" if n in rep.NOT_TRAINING else f, n) for f, n in files]
+        )
+        assert rep.code_fingerprint() == fp
+        m.setattr(
+            rep, "source_files", lambda: [(tmp_path / "edited.py" if n == "train.py" else f, n) for f, n in files]
+        )
+        assert rep.code_fingerprint() != fp
     monkeypatch.setattr(rep, "code_fingerprint", lambda: "other-code")
     assert run() == 3 and run() == 3  # changed sources retrain once, then reuse
     index.write_text(json.dumps({rep.config_key(cfg): str(tmp_path / "a")}))  # an index from before fingerprints
@@ -251,3 +263,70 @@ def test_sec52_targets_need_the_images_in_memory(experiment, tmp_path):
     )
     with pytest.raises(ConfigError, match="use --placement memory"):
         train(cfg)
+
+
+def _hand_made_rows(knn: dict[str, list[float]], z: dict[str, list[float]]) -> list[dict]:
+    """Rows as run_variants returns them, one per seed, for a check on numbers chosen by hand."""
+    return [
+        dict(
+            variant=label,
+            seed=seed,
+            paper=None,
+            run_dir=f"/nowhere/{label}-{seed}",
+            knn_top1=k / 100,
+            knn_top1_random_init=0.46,
+            linear_fast=None,
+            z_std=z[label][seed] / 32,
+            z_std_healthy=1 / 32,
+            loss=-0.5,
+            collapsed=z[label][seed] < 0.5,
+            train_seconds=1.0,
+            dataset="digits",
+            arch="resnet18",
+            width=0.25,
+            batch_size=128,
+            epochs=10,
+        )
+        for label, ks in knn.items()
+        for seed, k in enumerate(ks)
+    ]
+
+
+@pytest.mark.parametrize(
+    "knn,z,failed",
+    [
+        # holds: collapse 15 sd under 0.5, kNN 20 points = 20 sd apart
+        ({"with": [70, 71, 72], "without": [50, 51, 52]}, {"with": [1.0, 1.0, 1.0], "without": [0.2, 0.2, 0.2]}, []),
+        # z-std under 0.5 in two seeds of three: mean 0.45 is 0.3 sd under, not 3
+        (
+            {"with": [70, 71, 72], "without": [50, 51, 52]},
+            {"with": [1.0, 1.0, 1.0], "without": [0.45, 0.6, 0.3]},
+            ["without stop-gradient: collapse"],
+        ),
+        # every seed below, but 8 points are 1.1 pooled sd when the default's seeds spread by 10
+        (
+            {"with": [70, 60, 80], "without": [62, 64, 60]},
+            {"with": [1.0, 1.0, 1.0], "without": [0.2, 0.2, 0.2]},
+            ["without stop-gradient: kNN clearly below"],
+        ),
+    ],
+)
+def test_check_fails_exactly_when_a_claim_does_not_hold_by_3_sd(knn, z, failed, tmp_path, monkeypatch, capsys):
+    import simsiam.experiments.reproduce as R
+
+    names = {"with": "with stop-gradient", "without": "without stop-gradient"}
+    rows = _hand_made_rows({names[k]: v for k, v in knn.items()}, {names[k]: v for k, v in z.items()})
+    monkeypatch.setattr(R, "run_variants", lambda jobs, *a, **k: rows)
+    monkeypatch.setattr(R, "linear_fast", lambda *a: None)
+    code = main(["reproduce", "stop-gradient", "--seeds", "3", "--check", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == (2 if failed else 0)
+    for claim in ["with stop-gradient: no collapse", *names.values()][:1] + failed:
+        assert claim in out  # every claim is in the printed table
+    if failed:
+        assert err.count("\n") == 1 and all(c in err for c in failed) and "did not hold by 3 sd" in err
+    else:
+        assert "claims held here by 3 sd: 3 of 3" in out and err == ""
+    assert "commit" in (tmp_path / "stop-gradient" / "table.md").read_text()  # the table names its source
+    assert main(["reproduce", "stop-gradient", "--check", "--out", str(tmp_path)]) == 2
+    assert "--seeds 3" in capsys.readouterr().err

@@ -54,3 +54,50 @@ def test_compare_trains_in_its_own_process_and_measures_its_memory(tmp_path):
     row = res["rows"][0]
     assert row["peak_memory_mb"] > 50 and row["peak_memory_of"] == "process RSS"
     assert json.loads((tmp_path / "simsiam" / "summary.json").read_text())["peak_memory_mb"] == row["peak_memory_mb"]
+
+
+def test_several_seeds_give_mean_std_and_the_gap_to_simsiam_in_sd():
+    from simsiam.experiments.compare import markdown
+
+    def row(method, seed, knn):
+        return dict(
+            variant=method,
+            seed=seed,
+            knn_top1=knn,
+            linear_fast=0.9,
+            knn_top1_random_init=0.46,
+            z_std=1.0,
+            z_std_healthy=1.0,
+            images_per_second=100.0 + seed,
+            peak_memory_mb=1000.0 + seed,
+            peak_memory_of="process RSS",
+            dataset="digits",
+            arch="resnet18",
+            width=0.25,
+            batch_size=128,
+            epochs=10,
+            device="cpu",
+        )
+
+    rows = [row("simsiam", s, k) for s, k in enumerate([0.70, 0.72, 0.74])]
+    rows += [row("simclr", s, k) for s, k in enumerate([0.90, 0.91, 0.92])]
+    md = markdown(dict(scale="cpu", date="d", commit="commit abc", own_augmentation=False, rows=rows))
+    # SimSiam 72 ± 2, SimCLR 91 ± 1: +19 points over a pooled sd of sqrt((4 + 1) / 2)
+    assert "| simsiam | 72.00 ± 2.00 | - |" in md and "| simclr | 91.00 ± 1.00 | +19.0 (+12.0 sd) |" in md
+    assert "3 seed(s)" in md and "commit abc" in md and "| 1002 (process RSS) |" in md
+
+
+def test_compare_seeds_train_each_method_per_seed(tmp_path, monkeypatch):
+    import simsiam.experiments.compare as C
+
+    seen = []
+    monkeypatch.setattr(C, "run_variants", lambda jobs, *a, **k: seen.extend(jobs) or [])
+    monkeypatch.setattr(C, "markdown", lambda r: "")
+    monkeypatch.setattr(C, "_plot", lambda *a: None)
+    compare(["simsiam", "simclr"], tmp_path, seeds=2, log=lambda *_: None)
+    assert [(v.label, c.seed, d.name) for v, c, d in seen] == [
+        ("simsiam", 0, "simsiam"),
+        ("simclr", 0, "simclr"),
+        ("simsiam", 1, "simsiam-seed1"),
+        ("simclr", 1, "simclr-seed1"),
+    ]

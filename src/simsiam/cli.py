@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
     rr.add_argument("--out", default="runs/reproduce", help="where the runs and tables go")
     rr.add_argument("--seeds", type=int, default=1, help="seeds per variant (mean ± std in the table)")
+    rr.add_argument(
+        "--check",
+        action="store_true",
+        help="exit non-zero, naming them, when claims of the paper did not hold by 3 seed stds (needs --seeds 3)",
+    )
     _add_experiment_options(rr)
 
     cp = sub.add_parser(
@@ -169,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cpu: digits, 10 epochs each; paper: ImageNet ResNet-50, 100 epochs (GPUs, --data-dir)",
     )
     cp.add_argument("--out", default="runs/compare", help="where the runs and the table go")
+    cp.add_argument("--seeds", type=int, default=1, help="seeds per method (mean ± std, gaps to SimSiam in sd)")
     cp.add_argument(
         "--own-augmentation",
         action="store_true",
@@ -326,7 +332,15 @@ def _reproduce(args) -> None:
 
     names = list(GROUPS) if args.name == "all" else [args.name]
     reproduce(
-        names, args.out, args.scale, args.seeds, args.preset, log=log, fresh=args.fresh, **_experiment_overrides(args)
+        names,
+        args.out,
+        args.scale,
+        args.seeds,
+        args.preset,
+        log=log,
+        fresh=args.fresh,
+        check=args.check,
+        **_experiment_overrides(args),
     )
 
 
@@ -341,6 +355,7 @@ def _compare(args) -> None:
         args.own_augmentation,
         log=log,
         fresh=args.fresh,
+        seeds=args.seeds,
         **_experiment_overrides(args),
     )
     log((Path(args.out) / "comparison.md").read_text() + f"plot: {Path(args.out) / 'knn.png'}")

@@ -20,6 +20,10 @@ class TrainingError(SimSiamError):
     """Training cannot go on (non-finite loss, checkpoint that does not match, ...)."""
 
 
+class ClaimsNotHeld(SimSiamError):
+    """`simsiam reproduce --check`: a claim of the paper did not hold by its margin."""
+
+
 class Interrupted(SimSiamError):
     """SIGINT or SIGTERM stopped training after writing a checkpoint (exit 130 / 143)."""
 

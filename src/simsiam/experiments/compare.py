@@ -16,16 +16,18 @@ on a small problem, not reproduce them.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config, from_preset
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..methods import METHODS
+from ..runtime import commit, machine
 from .plots import plot_runs
-from .runner import Scale, Variant, config_key, run_variants, train_in_subprocess
-from .tables import pct, table
+from .runner import Scale, Variant, config_key, linear_fast, run_variants, train_in_subprocess
+from .tables import KNN_FLOOR, mean_std, pct, pooled_sd, table
 
 PAPER = {  # Table 4: ImageNet linear top-1 at 100 / 200 / 400 / 800 epochs
     "simsiam": (68.1, 70.0, 70.8, 71.3),
@@ -76,73 +78,95 @@ def compare(
     log: Callable[[str], None] = print,
     in_process: bool = False,
     fresh: bool = False,
+    seeds: int = 1,
     **common,
 ) -> dict:
-    """Train each method with the same budget, probe it linearly, write OUT/{comparison.md,
-    results.json, knn.png}. `in_process` trains in this process (tests; memory is then shared)."""
+    """Train each method with the same budget (`seeds` times: seeds 0, 1, ...), probe it
+    linearly, write OUT/{comparison.md, results.json, knn.png}. `in_process` trains in this
+    process (tests; memory is then shared)."""
     if not methods:
         raise ConfigError("name at least one method, e.g. simsiam simclr byol swav")
+    if seeds <= 0:
+        raise ConfigError("--seeds must be positive")
     out = Path(out)
     jobs = [
-        (Variant(m, {}, PAPER.get(m, (None,))[0]), method_config(m, scale, preset, own_augmentation, **common), out / m)
+        (
+            Variant(m, {}, PAPER.get(m, (None,))[0]),
+            method_config(m, scale, preset, own_augmentation, **common).replace(seed=seed),
+            out / (m if seed == 0 else f"{m}-seed{seed}"),
+        )
+        for seed in range(seeds)
         for m in methods
     ]
     rows = run_variants(
         jobs, out / "index.json", log, "compare", runner=None if in_process else train_in_subprocess, fresh=fresh
     )
     for row, (_, cfg, _) in zip(rows, jobs):
-        row["linear_fast"] = _linear_fast(Path(row["run_dir"]), cfg)
+        row["linear_fast"] = linear_fast(Path(row["run_dir"]), cfg.device)
         row["config_key"] = config_key(cfg)
-    results = {"scale": scale, "date": time.strftime("%Y-%m-%d"), "rows": rows, "own_augmentation": own_augmentation}
+    results = {
+        "scale": scale,
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit(),
+        "machine": machine(),
+        "seeds": seeds,
+        "rows": rows,
+        "own_augmentation": own_augmentation,
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "comparison.md").write_text(markdown(results))
     _plot(rows, out / "knn.png")
     return results
 
 
-def _linear_fast(run_dir: Path, cfg: Config) -> float | None:
-    """The fast linear probe's top-1 of a finished run (cached in RUN_DIR/eval_linear_fast.json)."""
-    from ..evaluate import evaluate
-
-    cached = run_dir / "eval_linear_fast.json"
-    if cached.exists():
-        return json.loads(cached.read_text())["top1"]
-    try:
-        return evaluate(run_dir, "linear", fast=True, device=cfg.device, progress=False)["top1"]
-    except DataError:  # no labelled images
-        return None
-
-
 def markdown(results: dict) -> str:
+    """The table: per method the mean ± std over seeds; with several seeds and SimSiam among the
+    methods, each method's kNN gap to SimSiam in pooled seed stds."""
     rows = results["rows"]
     r0 = rows[0]
     aug = (
         "each method its own augmentation" if results["own_augmentation"] else "the same (SimSiam) augmentation for all"
     )
-    body = []
+    by: dict[str, list[dict]] = {}
     for r in rows:
-        paper = " / ".join(f"{p:.1f}" for p in PAPER.get(r["variant"], ())) or "-"
-        mem = "n/a" if r.get("peak_memory_mb") is None else f"{r['peak_memory_mb']:.0f} ({r.get('peak_memory_of')})"
-        z_ratio = f"{r['z_std'] / r['z_std_healthy']:.2f}"
+        by.setdefault(r["variant"], []).append(r)
+
+    def pcts(runs: list[dict], key: str) -> list[float]:
+        return [100 * r[key] for r in runs if r.get(key) is not None]
+
+    base = pcts(by.get("simsiam", []), "knn_top1")
+    seeds = max(len(runs) for runs in by.values())
+    body = []
+    for method, runs in by.items():
+        paper = " / ".join(f"{p:.1f}" for p in PAPER.get(method, ())) or "-"
+        peak = [r["peak_memory_mb"] for r in runs if r.get("peak_memory_mb") is not None]
+        mem = f"{max(peak):.0f} ({runs[0].get('peak_memory_of')})" if peak else "n/a"
+        knn = pcts(runs, "knn_top1")
+        gap = "-"
+        if method != "simsiam" and len(base) > 1 and len(knn) > 1:
+            d = statistics.mean(knn) - statistics.mean(base)
+            gap = f"{d:+.1f} ({d / pooled_sd(knn, base, KNN_FLOOR):+.1f} sd)"
         body.append(
             [
-                r["variant"],
-                pct(r.get("knn_top1")),
-                pct(r.get("linear_fast")),
-                pct(r.get("knn_top1_random_init")),
-                z_ratio,
-                f"{r['images_per_second']:.0f}",
+                method,
+                mean_std(knn),
+                gap,
+                mean_std(pcts(runs, "linear_fast")),
+                pct(runs[0].get("knn_top1_random_init")),
+                mean_std([r["z_std"] / r["z_std_healthy"] for r in runs]),
+                f"{statistics.mean(r['images_per_second'] for r in runs):.0f}",
                 mem,
                 paper,
             ]
         )
-    header = ["method", "kNN top-1", "linear (fast)", "random-init kNN", "z-std / (1/sqrt d)", "images/s"]
-    header += ["peak memory (MB)", "paper ImageNet linear 100/200/400/800 ep"]
+    header = ["method", "kNN top-1", "kNN vs SimSiam", "linear (fast)", "random-init kNN", "z-std / (1/sqrt d)"]
+    header += ["images/s", "peak memory (MB)", "paper ImageNet linear 100/200/400/800 ep"]
+    source = f"{results['scale']} scale, {results['date']}, {results.get('commit', 'unknown commit')}"
     lines = [
-        f"### Method comparison ({results['scale']} scale, {results['date']})",
+        f"### Method comparison ({source})",
         "",
         f"{r0['dataset']}, {r0['arch']} x{r0['width']:g}, batch {r0['batch_size']}, {r0['epochs']} epochs each, "
-        f"{aug}, {r0['device']}.",
+        f"{aug}, {r0['device']}, {seeds} seed(s) (mean ± std).",
         "",
         *table(header, body),
     ]

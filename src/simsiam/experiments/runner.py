@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
-from ..errors import TrainingError
+from ..errors import DataError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Variant:
     label: str
     overrides: dict = field(default_factory=dict)
     paper: float | None = None  # the paper's number for this variant (ImageNet linear top-1, 100 epochs)
+    epochs_x: int = 1  # this variant trains epochs_x times the scale's epochs (a collapse that needs the steps)
 
 
 Job = tuple[Variant, Config, Path]
@@ -108,11 +109,18 @@ def config_key(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(cfg.replace(run_dir=None).to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Modules that only build configurations (keyed in full by config_key) or render tables: a change
+# to a table or a claim's check does not retrain finished runs.
+NOT_TRAINING = {"experiments/reproduce.py", "experiments/compare.py", "experiments/tables.py", "experiments/plots.py"}
+
+
 def code_fingerprint() -> str:
-    """Hash of the installed simsiam sources: a finished run is reused only by the code that made it."""
+    """Hash of the installed simsiam sources that train and evaluate: a finished run is reused only
+    by the code that made it."""
     h = hashlib.sha256()
     for f, name in source_files():
-        h.update(name.encode() + b"\0" + f.read_bytes())
+        if name not in NOT_TRAINING:
+            h.update(name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -125,3 +133,17 @@ def source_files() -> list[tuple[Path, str]]:
 def _clear(run_dir: Path) -> None:
     for p in sorted(run_dir.rglob("*"), reverse=True):
         p.rmdir() if p.is_dir() else p.unlink()
+
+
+def linear_fast(run_dir: Path, device: str = "auto") -> float | None:
+    """The fast linear probe's top-1 of a finished run (cached in RUN_DIR/eval_linear_fast.json);
+    None without labelled images."""
+    from ..evaluate import evaluate
+
+    cached = run_dir / "eval_linear_fast.json"
+    if cached.exists():
+        return json.loads(cached.read_text())["top1"]
+    try:
+        return evaluate(run_dir, "linear", fast=True, device=device, progress=False)["top1"]
+    except DataError:
+        return None

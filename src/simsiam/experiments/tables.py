@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
+KNN_FLOOR = 1.0  # kNN points: the smallest seed std a gap is measured in (steps of ~0.3 on 359 test images)
+
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     """A Markdown table as lines: header, separator, one line per row."""
@@ -15,9 +20,33 @@ def pct(x: float | None) -> str:
 
 def checks(results: list[dict]) -> list[str]:
     """The paper's claims checked on our numbers (reproduce's `checks`) as a table."""
-    rows = [[c["claim"], "yes" if c["held"] else "**no**", c["detail"]] for c in results]
+    rows = [[c["claim"], _held(c), c["detail"]] for c in results]
     return table(["paper's claim", "held here", "measured"], rows)
+
+
+def _held(c: dict) -> str:
+    """yes / **no** for a counted claim; a difference the scale cannot resolve says so."""
+    if not c.get("counted", True):
+        return "cannot say (not counted): " + ("same direction" if c["held"] else "other direction")
+    return "yes" if c["held"] else "**no**"
 
 
 def _line(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def mean_std(values: list[float], digits: int = 2) -> str:
+    """`mean ± std` over seeds (the mean alone for one value; n/a for none)."""
+    if not values:
+        return "n/a"
+    text = f"{statistics.mean(values):.{digits}f}"
+    return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+
+
+def pooled_sd(a: list[float], b: list[float], floor: float) -> float:
+    """The two groups' seed stds pooled, each at least `floor` (three seeds can agree by chance)."""
+
+    def sd(v: list[float]) -> float:
+        return max(statistics.stdev(v) if len(v) > 1 else 0.0, floor)
+
+    return math.sqrt((sd(a) ** 2 + sd(b) ** 2) / 2)
