@@ -1,4 +1,5 @@
-"""Two-view augmentation throughput: our batched `Augment` against torchvision's per-image pipeline.
+"""Two-view augmentation throughput: our batched `Augment` against torchvision's per-image pipeline
+and kornia's per-sample batched one (when kornia is installed: `pip install "simsiam[bench]"`).
 
     python benchmarks/augment.py [--seconds S] [--rounds R] [--sizes 32 224] [--note TEXT]
 
@@ -90,6 +91,44 @@ def ours_rate(images: torch.Tensor, size: int, blur_p: float, batch: int, second
     return rate(step, seconds, warmup=3)
 
 
+def kornia_pipeline(size: int, blur_p: float):
+    """kornia's per-sample equivalent of the recipe (`same_on_batch=False`, its default): each
+    image draws its own crop, jitter, grayscale, blur and flip on the batch's device. ColorJitter
+    applies the four adjustments in a random order per batch, like torchvision's per image."""
+    import kornia.augmentation as K
+
+    stages = [
+        K.RandomResizedCrop((size, size), scale=(0.2, 1.0)),
+        K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
+        K.RandomGrayscale(p=0.2),
+    ]
+    if blur_p:
+        kernel = 2 * round(0.05 * size) + 1  # ~10% of the image, odd, as ours and the paper's
+        stages.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=blur_p))
+    stages += [K.RandomHorizontalFlip(), K.Normalize(torch.tensor(MEAN), torch.tensor(STD))]
+    return K.AugmentationSequential(*stages)
+
+
+def kornia_rate(images: torch.Tensor, size: int, blur_p: float, batch: int, seconds: float) -> float | None:
+    """Images/s of kornia's two views of uint8 batches (converted to float as ours does); None
+    without kornia (`pip install kornia`)."""
+    try:
+        pipe = kornia_pipeline(size, blur_p).to(images.device)
+    except ImportError:
+        return None
+    g = torch.Generator(device=images.device).manual_seed(0)
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+
+    def step():
+        idx = torch.randint(0, len(images), (batch,), generator=g, device=images.device)
+        x = images[idx].float().div_(255)
+        pipe(x), pipe(x)
+        sync()
+        return batch
+
+    return rate(step, seconds, warmup=3)
+
+
 def torchvision_rate(images: np.ndarray, size: int, blur_p: float, batch: int, seconds: float) -> float:
     """A fresh 2-worker DataLoader per call, shut down after it: no worker prefetches in the
     background while ours is timed."""
@@ -108,17 +147,25 @@ def torchvision_rate(images: np.ndarray, size: int, blur_p: float, batch: int, s
     return r
 
 
-def side_by_side(
-    images: torch.Tensor, arr: np.ndarray, size: int, r: dict, seconds: float, rounds: int
-) -> tuple[float, float, float]:
-    """Ours and torchvision in alternating windows (seconds / rounds each), so both see the same
-    machine (this one is shared and its speed drifts by tens of percent over minutes). Returns
-    the median images/s of each and the median of the per-round ratios."""
-    ours, tv = [], []
+def side_by_side(images: torch.Tensor, arr: np.ndarray, size: int, r: dict, seconds: float, rounds: int) -> tuple:
+    """Ours, torchvision and kornia (when installed) in alternating windows (seconds / rounds
+    each), so all see the same machine (this one is shared and its speed drifts by tens of percent
+    over minutes). Returns the median images/s of ours and torchvision, the median of the
+    per-round ratios ours / torchvision, kornia's median images/s and ours / kornia (None
+    without kornia)."""
+    ours, tv, kornia = [], [], []
     for _ in range(rounds):
         ours.append(ours_rate(images, size, r["blur_p"], r["batch"], seconds / rounds))
         tv.append(torchvision_rate(arr, size, r["blur_p"], r["batch"], seconds / rounds))
-    return statistics.median(ours), statistics.median(tv), statistics.median(o / t for o, t in zip(ours, tv))
+        kornia.append(kornia_rate(images, size, r["blur_p"], r["batch"], seconds / rounds))
+    k = [o / x for o, x in zip(ours, kornia) if x] or None
+    return (
+        statistics.median(ours),
+        statistics.median(tv),
+        statistics.median(o / t for o, t in zip(ours, tv)),
+        statistics.median(x for x in kornia if x) if k else None,
+        statistics.median(k) if k else None,
+    )
 
 
 def step_share(images: torch.Tensor, seconds: float) -> tuple[float, float]:
@@ -166,10 +213,13 @@ def main() -> None:
         n = 4096 if size == 32 else 512
         arr = np.random.default_rng(0).integers(0, 256, (n, r["in_size"], r["in_size"], 3), dtype=np.uint8)
         images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-        ours, tv, ratio = side_by_side(images, arr, size, r, args.seconds, args.rounds)
-        gpu = ours_rate(images.cuda(), size, r["blur_p"], 256, args.seconds) if torch.cuda.is_available() else None
+        ours, tv, ratio, kornia, vs_kornia = side_by_side(images, arr, size, r, args.seconds, args.rounds)
+        gpu = kornia_gpu = None
+        if torch.cuda.is_available():
+            gpu = ours_rate(images.cuda(), size, r["blur_p"], 256, args.seconds)
+            kornia_gpu = kornia_rate(images.cuda(), size, r["blur_p"], 256, args.seconds)
         name = f"{r['in_size']} px -> {size} px{', blur' if r['blur_p'] else ''}"
-        rows.append((name, ours, tv, ratio, gpu))
+        rows.append((name, ours, tv, ratio, kornia, vs_kornia, gpu, kornia_gpu))
         if size == 32:
             t_aug, t_model = step_share(images, args.seconds)
             lines.append(
@@ -180,11 +230,16 @@ def main() -> None:
 
     head = (
         "| recipe | ours CPU (img/s) | torchvision, 2 workers (img/s) | ours / torchvision (median of rounds) "
-        "| ours GPU (img/s) |"
+        "| kornia CPU (img/s) | ours / kornia (median of rounds) | ours GPU (img/s) | kornia GPU (img/s) |"
     )
-    table = [head, "|---|---:|---:|---:|---:|"]
+    table = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def num(x, fmt="{:,.0f}"):
+        return "-" if x is None else fmt.format(x)
+
     table += [
-        f"| {n} | {o:,.0f} | {t:,.0f} | {q:.2f}x | {'-' if g is None else f'{g:,.0f}'} |" for n, o, t, q, g in rows
+        f"| {n} | {o:,.0f} | {t:,.0f} | {q:.2f}x | {num(k)} | {num(qk, '{:.2f}x')} | {num(g)} | {num(kg)} |"
+        for n, o, t, q, k, qk, g, kg in rows
     ]
     out = "\n".join(table + [""] + lines)
     print(out)
