@@ -3,7 +3,7 @@ from the code of this checkout: the tables, the claims with their margins, the d
 (AMX or not) and the commit. Not run in CI (about an hour on a 2-core CPU for both).
 
     python scripts/regenerate_docs.py reproduction     # simsiam reproduce all --seeds 3 --check
-    python scripts/regenerate_docs.py comparison       # simsiam compare simsiam simclr byol swav --seeds 3
+    python scripts/regenerate_docs.py comparison       # simsiam compare simsiam simclr byol swav mocov2 --seeds 3
     python scripts/regenerate_docs.py all
 
 Only the text between the `<!-- generated -->` and `<!-- end generated -->` markers of each doc is
@@ -83,8 +83,9 @@ def reproduction(out: Path, seeds: int) -> bool:
 
 def comparison(out: Path, seeds: int) -> bool:
     from simsiam.experiments.compare import compare, markdown
+    from simsiam.methods import METHODS
 
-    results = compare(["simsiam", "simclr", "byol", "swav"], out / "compare", seeds=seeds)
+    results = compare(list(METHODS), out / "compare", seeds=seeds)
     text = [source_line("comparison"), "", re.sub(r"^## ", "### ", markdown(results), flags=re.M)]
     replace_generated(ROOT / "docs" / "comparison.md", "\n".join(text))
     return True

@@ -34,7 +34,7 @@ def assert_one_line_error(res, *needles):
         (["--batch-size", "-4"], ["--batch-size", "positive"]),
         (["--lr", "nan"], ["--lr"]),
         (["--preset", "nope"], ["unknown preset", "cifar10"]),
-        (["--arch", "vgg"], ["--arch", "resnet18"]),
+        (["--arch", "vgg"], ["--arch", "did you mean vgg19", "list_models"]),
         (["--dataset", "folder"], ["--data-dir"]),
         (["--resume", "--run-dir", "/nonexistent/run"], ["config.json"]),
     ],
@@ -180,3 +180,27 @@ def test_flat_folder_trains_without_labels_and_eval_says_it_needs_them(tmp_path)
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["knn_top1"] is None and s["num_train"] > 0
     assert_one_line_error(run_cli("eval", "knn", str(run_dir)), "needs labelled images")
+
+
+@pytest.mark.parametrize(
+    "size,options,expect",
+    [
+        (20, [], dict(image_size=32, cifar_stem=True, blur_p=0.0)),  # small images: at least 32, CIFAR recipe
+        (40, [], dict(image_size=40, cifar_stem=True, blur_p=0.0)),
+        (100, [], dict(image_size=100, cifar_stem=False, blur_p=0.5)),  # the ImageNet recipe, blur kept
+        (300, [], dict(image_size=224, cifar_stem=False, blur_p=0.5)),  # capped at 224
+        (40, ["--blur-p", "0.3"], dict(image_size=40, cifar_stem=True, blur_p=0.3)),  # a given option wins
+        (40, ["--image-size", "48"], dict(image_size=48, cifar_stem=False, blur_p=0.5)),  # nothing chosen
+        (40, ["--preset", "stl10"], dict(image_size=96, cifar_stem=False)),  # another preset: its own size
+        (40, ["--arch", "resnet50", "--no-cifar-stem"], dict(image_size=40, cifar_stem=False, blur_p=0.0)),
+    ],
+)
+def test_the_folder_preset_takes_its_crop_size_from_the_images(size, options, expect, tmp_path, capsys):
+    from simsiam.cli import build_parser, config_from_args
+
+    data = make_folder(tmp_path / "photos", n=3, size=size)  # size x (size + 4): the shorter side is size
+    cfg = config_from_args(build_parser().parse_args(["train", "--data-dir", str(data), *options]))
+    assert {k: getattr(cfg, k) for k in expect} == expect
+    out = capsys.readouterr().out
+    chose = "--image-size" not in options and "--preset" not in options
+    assert (f"median shorter side is {size} px (6 sampled): --image-size {expect['image_size']}" in out) == chose

@@ -112,10 +112,11 @@ def test_checkpoints_resume_across_process_counts(runs, tmp_path):
     assert_same_training(root / "single", tmp_path / "s2d")
 
 
-@pytest.mark.parametrize("method", ["byol", "swav", "simclr"])
+@pytest.mark.parametrize("method", ["byol", "swav", "simclr", "mocov2"])
 def test_method_hooks_and_collectives_under_torchrun(method, tmp_path):
     """BYOL's EMA target and SwAV's prototypes (frozen in epoch 1) follow the same path as in one
-    process; SimCLR's negatives and SwAV's Sinkhorn sums span both processes' images."""
+    process; SimCLR's negatives and SwAV's Sinkhorn sums span both processes' images; MoCo v2's
+    queue takes both processes' keys in one process's order (the queue is compared too)."""
     train(tmp_path / "single", "--method", method, "--epochs", "2")
     train(tmp_path / "ddp", "--method", method, "--epochs", "2", nproc=2)
     # SimCLR's cross-entropy at T 0.2 amplifies float noise more: after one step the difference is

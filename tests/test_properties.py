@@ -104,7 +104,7 @@ def test_read_image_folder_of_damaged_files_skips_counted_or_strict_error(scratc
 HINTS = typing.get_type_hints(Config)
 FIELDS = [f.name for f in dataclasses.fields(Config)]
 CHOICES = {
-    "method": ["simsiam", "simclr", "byol", "swav"],
+    "method": ["simsiam", "simclr", "byol", "swav", "mocov2"],
     "dataset": ["digits", "folder", "cifar10"],
     "head_bn": ["none", "all"],
     "symmetry": ["sym", "asym2x"],

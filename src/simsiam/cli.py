@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import DEFAULT_PRESET, PRESETS, Config, from_preset
 from .errors import ConfigError, Interrupted, SimSiamError
+from .methods import METHODS
 from .runtime import log, resolve_device
 
 _HIDDEN = {"preset", "resume"}  # set by --preset / --resume, which get their own help
@@ -117,13 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lin.add_argument("--seed", type=int, default=0, help="classifier init and data order")
 
-    ex = sub.add_parser("export", help="backbone weights as safetensors + a torchvision-loadable state_dict")
+    ex = sub.add_parser(
+        "export", help="backbone weights as safetensors + a torchvision/timm-loadable state_dict, or as ONNX"
+    )
     ex.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
     ex.add_argument(
         "--out",
         required=True,
-        metavar="FILE.safetensors",
-        help="output; the plain state_dict goes beside it as FILE.pth",
+        metavar="FILE",
+        help="output: FILE.safetensors (the plain state_dict goes beside it as FILE.pth) or FILE.onnx",
+    )
+    ex.add_argument(
+        "--format",
+        choices=["safetensors", "onnx"],
+        default="safetensors",
+        help='onnx: images (N, 3, S, S) -> features (N, D), any N (pip install "simsiam[onnx]")',
     )
 
     em = sub.add_parser("embed", help="backbone features of every image in a folder, to .npy + .csv of paths")
@@ -159,14 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser(
         "compare",
-        help="SimSiam vs SimCLR, BYOL, SwAV: same data, backbone, augmentation and budget, one table",
+        help="SimSiam vs SimCLR, BYOL, SwAV, MoCo v2: same data, backbone, augmentation and budget, one table",
         description="Train each method (in its own process) for the same epochs, probe it linearly, and write "
         "OUT/comparison.md (kNN, linear-fast, images/s, peak memory, the paper's ImageNet numbers) and "
         "OUT/knn.png (kNN per epoch of every method). Methods finished by the same simsiam code are "
         "reused when run again (--fresh retrains).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    cp.add_argument("methods", nargs="+", metavar="METHOD", help="simsiam simclr byol swav (any of them)")
+    cp.add_argument("methods", nargs="+", metavar="METHOD", help=f"{' '.join(METHODS)} (any of them)")
     cp.add_argument(
         "--scale",
         choices=["cpu", "paper"],
@@ -268,8 +277,31 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read --config {ns.config}: {e}") from None
         return Config.from_dict({**base, **given})
-    default = "folder" if "data_dir" in given else DEFAULT_PRESET  # a --data-dir alone means a folder of photos
-    return from_preset(getattr(ns, "preset", default), **given)
+    preset = getattr(ns, "preset", "folder" if "data_dir" in given else DEFAULT_PRESET)  # --data-dir alone: photos
+    if preset == "folder" and "image_size" not in given and given.get("data_dir"):
+        given = {**_follow_the_images(given["data_dir"], given), **given}
+    return from_preset(preset, **given)
+
+
+def _follow_the_images(data_dir: str, given: dict) -> dict:
+    """The folder preset's crop size (and blur, stem) from the images' median shorter side,
+    printed; options the user gave win."""
+    from .config import folder_recipe
+    from .data.datasets import typical_size
+
+    found = typical_size(data_dir)
+    if found is None:
+        return {}
+    side, n = found
+    recipe = {k: v for k, v in folder_recipe(side).items() if k not in given}
+    if not str(given.get("arch", PRESETS["folder"]["arch"])).startswith("resnet"):
+        recipe.pop("cifar_stem", None)  # a ResNet stem; other backbones keep their own
+    small = recipe.get("cifar_stem") and "the paper's recipe for small images: CIFAR stem, no blur"
+    log(
+        f"folder preset: the images' median shorter side is {side} px ({n} sampled): --image-size "
+        f"{recipe['image_size']}" + (f", {small}" if small else "") + " (give --image-size to choose)"
+    )
+    return recipe
 
 
 # --- one function per subcommand; each gets the parsed arguments -----------------------------
@@ -306,8 +338,11 @@ def _eval(args) -> None:
 
 
 def _export(args) -> None:
-    from .export import export_backbone
+    from .export import export_backbone, export_onnx
 
+    if args.format == "onnx":
+        log(f"backbone written to {export_onnx(args.source, args.out)} (ONNX)")
+        return
     st, pth = export_backbone(args.source, args.out)
     log(f"backbone written to {st} (safetensors) and {pth} (torch state_dict)")
 

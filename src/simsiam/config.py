@@ -12,6 +12,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 
+from .backbones import check_arch
 from .errors import ConfigError
 from .methods import METHODS
 
@@ -62,9 +63,14 @@ class Config:
     subset: int | None = _opt(None, "train on N random training images (quick trials)")
     holdout: float = _opt(0.2, "fraction of the images held out as kNN queries when the data has no test split")
     # --- the network (paper Sec. 3 and App. D)
-    arch: str = _opt("resnet50", "backbone: resnet18 | resnet34 | resnet50 (torchvision classes)")
-    cifar_stem: bool = _opt(False, "CIFAR stem: conv1 3x3 stride 1 and no max-pool (paper App. D)")
-    width: float = _opt(1.0, "channel multiplier of the backbone; 1.0 = standard, 0.25 for CPU-scale runs")
+    arch: str = _opt(
+        "resnet50",
+        "backbone: resnet18 | resnet34 | resnet50 | resnet101 | resnet152 (with --cifar-stem and --width), "
+        "any other torchvision classification model (e.g. mobilenet_v3_small, convnext_tiny; classifier "
+        'removed) or timm:NAME (pip install "simsiam[timm]"); all untrained',
+    )
+    cifar_stem: bool = _opt(False, "ResNets: CIFAR stem, conv1 3x3 stride 1 and no max-pool (paper App. D)")
+    width: float = _opt(1.0, "ResNets: channel multiplier; 1.0 = standard, 0.25 for CPU-scale runs")
     proj_layers: int = _opt(3, "projector MLP layers: 3 on ImageNet, 2 on CIFAR (paper App. D)")
     proj_hidden: int = _opt(2048, "projector hidden width ('the hidden fc is 2048-d', Sec. 3)")
     dim: int = _opt(2048, "output dimension d of the projector and of the predictor")
@@ -75,7 +81,8 @@ class Config:
     head_bn: str = _opt(
         "default",
         "BN in the MLP heads (paper Table 3): none | hidden (hidden layers only) | default "
-        "(hidden + projector output) | all (also the predictor output: unstable)",
+        "(hidden + projector output) | all (also the predictor output: unstable); mocov2: none is "
+        "MoCo v2's own projector",
     )
     similarity: str = _opt(
         "cosine", "D(p, z): cosine (Eq. 1) | cross-entropy (softmax over channels, Sec. 4.5: 63.2 vs 68.1)"
@@ -126,14 +133,17 @@ class Config:
     solarize_p: float = _opt(0.0, "probability of solarize (threshold 0.5); 0 for SimSiam, used by the baselines")
     mean: tuple[float, float, float] = _opt((0.485, 0.456, 0.406), "normalisation mean", nargs=3)
     std: tuple[float, float, float] = _opt((0.229, 0.224, 0.225), "normalisation std", nargs=3)
-    # --- baselines (simclr, byol, swav: paper Sec. 6, DESIGN.md Sec. 4); unused by simsiam
+    # --- baselines (simclr, byol, swav, mocov2: paper Sec. 6, DESIGN.md Sec. 4); unused by simsiam
     temperature: float = _opt(
-        0.1, "SimCLR NT-Xent and SwAV softmax temperature (each method sets its own: simclr 0.2, swav 0.1)"
+        0.1,
+        "SimCLR NT-Xent, SwAV softmax and MoCo v2 InfoNCE temperature (each method sets its own: "
+        "simclr 0.2, swav 0.1, mocov2 0.2)",
     )
     ema_tau: float = _opt(
         0.99,
         "BYOL: base EMA rate of the target encoder, raised to 1 by a cosine over the steps "
-        "(BYOL: 0.996 on ImageNet, 0.99 on CIFAR)",
+        "(BYOL: 0.996 on ImageNet, 0.99 on CIFAR); mocov2: the key encoder's momentum m, constant "
+        "(MoCo: 0.999 on ImageNet, 0.99 on CIFAR)",
     )
     prototypes: int = _opt(
         3000,
@@ -143,7 +153,11 @@ class Config:
     sinkhorn_iters: int = _opt(3, "SwAV: Sinkhorn-Knopp iterations")
     sinkhorn_eps: float = _opt(0.05, "SwAV: Sinkhorn-Knopp epsilon (entropy regularisation)")
     freeze_prototypes_epochs: int = _opt(1, "SwAV: prototypes get no update during the first N epochs")
-    queue_size: int = _opt(0, "SwAV: queue of past projections used in Sinkhorn (0 = off)")
+    queue_size: int = _opt(
+        0,
+        "SwAV: queue of past projections used in Sinkhorn (0 = off); mocov2: the queue of negative keys, "
+        "at least 2 x --batch-size (its default 4096; MoCo v2: 65536 on ImageNet)",
+    )
     queue_start_epoch: int = _opt(0, "SwAV: epoch from which the queue is used")
     small_crops: int = _opt(0, "multi-crop: number of extra small views (SwAV: 6); 0 = two views only")
     small_crop_size: int = _opt(
@@ -283,7 +297,6 @@ class Config:
             "similarity": ["cosine", "cross-entropy"],
             "symmetry": ["sym", "asym", "asym2x"],
             "dataset": ["digits", "folder", "cifar10", "cifar100", "stl10"],
-            "arch": ["resnet18", "resnet34", "resnet50"],
             "schedule": ["epoch", "step"],
             "precision": ["auto", "fp32", "bf16"],
             "placement": ["auto", "memory", "stream"],
@@ -291,6 +304,8 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{_flag(name)} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        by_preset = self.preset in PRESETS and {"cifar_stem", "width"} & set(PRESETS[self.preset])
+        check_arch(self.arch, self.cifar_stem, self.width, f" (preset {self.preset} sets them)" if by_preset else "")
         if self.proj_layers not in (2, 3):
             raise ConfigError(f"--proj-layers must be 2 or 3, got {self.proj_layers}")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -393,6 +408,16 @@ _CIFAR_PAPER = dict(
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2616),
 )
+
+
+def folder_recipe(side: int) -> dict:
+    """The `folder` preset's crop size and heavy options for images whose shorter side is `side`
+    px: the size itself within [32, 224]; at 64 px or less the paper's recipe for small images
+    (App. D: CIFAR stem, no blur), above it the ImageNet one (blur, ImageNet stem)."""
+    size = min(224, max(32, side))
+    return dict(image_size=size, cifar_stem=True, blur_p=0.0) if size <= 64 else dict(image_size=size)
+
+
 PRESETS: dict[str, dict] = {
     # Paper: RandomResizedCrop(224) for training, Resize(256) + CenterCrop(224) for evaluation; the
     # images are stored at 256 (the square centre of the shorter side) so both come from one decode.
@@ -409,7 +434,8 @@ PRESETS: dict[str, dict] = {
     ),
     # Any folder of photos (`simsiam train --data-dir DIR` with no preset): not a paper recipe, a
     # middle ground between CIFAR and ImageNet: ResNet-18 on 96 px crops (STL-10 size) with the
-    # full ImageNet augmentation, stored decoded in memory at 96 px.
+    # full ImageNet augmentation, stored decoded in memory. From the CLI without --image-size the
+    # crop size follows the images instead (`folder_recipe`).
     "folder": dict(dataset="folder", arch="resnet18", image_size=96, batch_size=256, epochs=100),
     # STL-10 (not in the paper): 96 px, ImageNet stem and augmentation incl. blur (kernel 9);
     # pretrains on unlabeled + train (105k images), kNN bank = train, queries = test.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from . import checkpoint
+from .backbones import CUSTOM, RESNETS, TIMM, feature_dim, removed_classifier, torchvision_options
 from .data import datasets
 from .data.augment import prepare
 from .data.datasets import decode_image
-from .errors import DataError, warn
+from .errors import ConfigError, DataError, warn
 from .methods import build_model
 from .runs import load_backbone
 
@@ -22,42 +24,98 @@ from .runs import load_backbone
 def export_backbone(source, out) -> tuple[Path, Path]:
     """Write the backbone as safetensors (`out`) and as a plain state_dict (`out` with .pth).
 
-    Keys are torchvision's (`conv1.weight`, `layer1.0.bn1.running_mean`, ...), so at width 1
-    `torchvision.models.resnetXX()` loads them with strict=False, only fc.weight/fc.bias missing.
-    The CIFAR stem (3x3 conv1, no max-pool) must be built by the user: the metadata says so.
+    Keys are those of the model `arch` names: a ResNet at width 1 loads into
+    `torchvision.models.resnetXX()` with strict=False, only fc.weight/fc.bias missing; any other
+    torchvision model into `get_model(arch)` with its classifier set to nn.Identity; timm:NAME
+    into `timm.create_model(NAME, num_classes=0)`. The metadata's `howto` says which, and that the
+    CIFAR stem (3x3 conv1, no max-pool) must be built by the user.
     """
     from safetensors.torch import save_file
 
     backbone, cfg = load_backbone(source)
     state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
+    out = _output(out)
+    save_file(state, str(out), metadata=export_metadata(backbone, cfg))
+    pth = out.with_suffix(".pth")
+    torch.save(state, pth)
+    return out, pth
+
+
+def export_onnx(source, out) -> Path:
+    """Write the backbone as ONNX: input `images` (N, 3, S, S), resized and normalised as the
+    metadata says, output `features` (N, D); N is dynamic. The metadata goes into the model's
+    metadata_props. torch's exporter (torch.export based): needs onnx and onnxscript; weights go into
+    the file, or beside it as FILE.onnx.data above ONNX's 2 GB limit."""
+    _require_onnx()
+    backbone, cfg = load_backbone(source)
+    out = _output(out)
+    example = torch.zeros(2, 3, cfg.image_size, cfg.image_size)  # 2: a batch of 1 would be fixed as a constant
+    try:
+        program = torch.onnx.export(
+            backbone,
+            (example,),
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamo=True,
+            verbose=False,
+        )
+    except torch.onnx.OnnxExporterError as e:
+        raise DataError(f"ONNX export of {cfg.arch} failed: {_first_line(e)}") from None
+    assert program is not None  # no file given: the program comes back
+    program.model.metadata_props.update(export_metadata(backbone, cfg))
+    program.save(out)
+    return out
+
+
+def _require_onnx() -> None:
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f'ONNX export needs {" and ".join(missing)}: pip install "simsiam[onnx]"')
+    if torch.__version__ < "2.6":
+        raise ConfigError(f"ONNX export needs torch >= 2.6 (the torch.export-based exporter), not {torch.__version__}")
+
+
+def _first_line(e: Exception) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+
+
+def _output(out) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
+    return out
+
+
+def export_metadata(backbone, cfg) -> dict[str, str]:
+    """What a user needs to rebuild and feed the backbone, as strings (safetensors, ONNX)."""
+    return {
         "arch": cfg.arch,
         "width": str(cfg.width),
         "cifar_stem": str(cfg.cifar_stem).lower(),
-        "feature_dim": str(_feature_dim(backbone, cfg)),
+        "feature_dim": str(feature_dim(backbone, cfg.image_size)),
         "image_size": str(cfg.image_size),
         "load_size": str(cfg.stored_size),
         "eval_transform": f"Resize({cfg.stored_size}) + CenterCrop({cfg.image_size}) + ToTensor() "
         "+ Normalize(mean, std)",
         "mean": json.dumps(list(cfg.mean)),
         "std": json.dumps(list(cfg.std)),
-        "torchvision_loadable": str(cfg.width == 1.0).lower(),
-        "howto": _howto(cfg),
+        "torchvision_loadable": str(cfg.arch != CUSTOM and not cfg.arch.startswith(TIMM) and cfg.width == 1.0).lower(),
+        "howto": _howto(backbone, cfg),
     }
-    save_file(state, str(out), metadata=meta)
-    pth = out.with_suffix(".pth")
-    torch.save(state, pth)
-    return out, pth
 
 
-def _feature_dim(backbone, cfg) -> int:
-    with torch.no_grad():
-        return backbone(torch.zeros(2, 3, cfg.image_size, cfg.image_size)).shape[1]
-
-
-def _howto(cfg) -> str:
+def _howto(backbone, cfg) -> str:
+    if cfg.arch == CUSTOM:
+        return "a module given to simsiam.fit(cfg, backbone=module): build it again, m.load_state_dict(sd)"
+    if cfg.arch.startswith(TIMM):
+        name = cfg.arch[len(TIMM) :]
+        return f"m = timm.create_model('{name}', pretrained=False, num_classes=0); m.load_state_dict(sd)"
+    if cfg.arch not in RESNETS:
+        options = ", ".join(f"{k}={v!r}" for k, v in torchvision_options(cfg.arch).items())
+        return (
+            f"m = torchvision.models.get_model('{cfg.arch}', {options}); "
+            f"m.{removed_classifier(backbone)} = torch.nn.Identity(); m.load_state_dict(sd)"
+        )
     if cfg.width != 1.0:
         return (
             f"width {cfg.width}: build it with simsiam.build_backbone('{cfg.arch}', cifar_stem={cfg.cifar_stem}, "

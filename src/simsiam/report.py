@@ -48,13 +48,15 @@ def write_report(
     max_points: int = 2000,
     embedding_method: str = "tsne",
     device: str = "auto",
+    backbone: torch.nn.Module | None = None,
 ) -> Path:
     """Write RUN_DIR/report/{*.png, summary.md}; returns the path of summary.md.
 
     retrieval: grid of `n_queries` test images and their `top_k` nearest train images.
     embedding_map: 2-D map ("tsne", or "umap" if umap-learn is installed) of up to `max_points`
     test features coloured by class. Both need the backbone and the data; when either cannot be
-    loaded they are skipped and the reason goes into summary.md.
+    loaded they are skipped and the reason goes into summary.md. `backbone`: the module to load the
+    weights into, for runs trained on a module given from Python (arch "custom").
     """
     if embedding_method not in ("tsne", "umap"):
         raise ConfigError(f"embedding_method {embedding_method!r}: choose tsne or umap")
@@ -85,8 +87,8 @@ def write_report(
 
     if retrieval or embedding_map:
         try:
-            train_set, test_set, train_feats, test_feats = _features(run_dir, resolve_device(device))
-        except DataError as e:  # no backbone yet, data folder moved, ...
+            train_set, test_set, train_feats, test_feats = _features(run_dir, resolve_device(device), backbone)
+        except (DataError, ConfigError) as e:  # no backbone yet, data folder moved, a custom arch, ...
             wanted = ["retrieval"] * retrieval + ["embedding map"] * embedding_map
             notes.append(f"{' and '.join(wanted)}: {e}")
         else:
@@ -138,10 +140,10 @@ def _read_json(path: Path) -> dict | None:
 MAX_BANK = 10_000  # retrieval neighbours come from at most this many train images (ImageNet-size runs)
 
 
-def _features(run_dir: Path, device: torch.device):
+def _features(run_dir: Path, device: torch.device, backbone: torch.nn.Module | None = None):
     """(train set, test set, train features, test features) of the labelled images; the bank is
     the whole train split up to MAX_BANK images (a fixed random pick beyond that)."""
-    backbone, cfg = load_backbone(run_dir, device)
+    backbone, cfg = load_backbone(run_dir, device, backbone)
     train_set, test_set = labeled_splits(cfg, "showing neighbours and classes")
     if len(train_set) > MAX_BANK:
         pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:MAX_BANK]

@@ -19,8 +19,12 @@ OFFICIAL_PREFIX = "module.encoder."
 OFFICIAL = "official-checkpoint"  # cfg.preset of a backbone read from the official format
 
 
-def load_backbone(source: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
-    """(backbone in eval mode, the config it was trained with) from a run dir or checkpoint file."""
+def load_backbone(
+    source: str | Path, device: str | torch.device = "cpu", backbone: nn.Module | None = None
+) -> tuple[nn.Module, Config]:
+    """(backbone in eval mode, the config it was trained with) from a run dir or checkpoint file;
+    the weights go into `backbone` when given (needed for runs of arch "custom", see `fit`), else
+    into the architecture the config names."""
     source = Path(source)
     if source.is_dir():
         cfg_path = source / "config.json"
@@ -37,7 +41,8 @@ def load_backbone(source: str | Path, device: str | torch.device = "cpu") -> tup
         cfg, weights = _from_checkpoint_dict(checkpoint.load(source), source)
     else:
         raise DataError(f"{source} does not exist; give a run directory or a checkpoint file")
-    backbone, _ = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width)
+    if backbone is None:
+        backbone, _ = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width, image_size=cfg.image_size)
     fits = f"{source}: weights do not fit a {cfg.arch} (width {cfg.width}, cifar_stem {cfg.cifar_stem})"
     try:
         missing, unexpected = backbone.load_state_dict(weights, strict=False)

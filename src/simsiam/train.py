@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint
+from .backbones import CUSTOM, RESNETS
 from .config import Config
 from .data import ImageSet, load_splits
 from .data.datasets import Images
@@ -102,11 +103,16 @@ class Run:
         return epoch * self.steps_per_epoch + step
 
 
-def fit(cfg: Config) -> dict:
+def fit(cfg: Config, backbone: nn.Module | None = None, feature_dim: int | None = None) -> dict:
     """Train `cfg.method` as configured; returns the summary (also in RUN_DIR/summary.json).
-    Under torchrun every process calls it; they train one model data-parallel."""
+    Under torchrun every process calls it; they train one model data-parallel.
+
+    `backbone`: your own module mapping images (N, 3, S, S) to features (N, D), trained in place
+    instead of `cfg.arch` (D = `feature_dim`, or measured by one forward); the run records arch
+    "custom", so `load_backbone(RUN_DIR, backbone=module)` reads it back. Its initialisation is
+    yours: `cfg.seed` seeds what simsiam draws from then on."""
     with process_group(cfg.device):
-        run = setup(cfg)
+        run = setup(cfg, backbone=backbone, feature_dim=feature_dim)
         with run.closing, StopSignals() as run.signals:
             monitor = Monitor(cfg, run.run_dir, run.steps_per_epoch, run.start_epoch, run.z_healthy)
             last = None
@@ -121,14 +127,14 @@ def fit(cfg: Config) -> dict:
             return finish(run, last)
 
 
-def train(cfg: Config) -> dict:
+def train(cfg: Config, backbone: nn.Module | None = None, feature_dim: int | None = None) -> dict:
     """`fit`, then the run report (RUN_DIR/report/) unless cfg.report is off: `simsiam train`."""
     from .report import write_report
 
-    summary = fit(cfg)
+    summary = fit(cfg, backbone, feature_dim)
     if cfg.report and is_main():
         try:
-            log(f"report: {write_report(summary['run_dir'], device=summary['device'])}")
+            log(f"report: {write_report(summary['run_dir'], device=summary['device'], backbone=backbone)}")
         except (SimSiamError, OSError) as e:  # the run itself is complete; a failed plot must not hide that
             log(f"warning: no report written ({e}); try `simsiam report {summary['run_dir']}`")
     return summary
@@ -294,11 +300,19 @@ def knn(run: Run) -> float:
 # --- setup ------------------------------------------------------------------------------------
 
 
-def setup(cfg: Config, data: tuple[Images, Images, Images] | None = None) -> Run:
+def setup(
+    cfg: Config,
+    data: tuple[Images, Images, Images] | None = None,
+    backbone: nn.Module | None = None,
+    feature_dim: int | None = None,
+) -> Run:
     """Run directory, device, data, model, optimizer, views, targets; then a fresh start or a resume.
-    `data` = (train, kNN bank, kNN queries) instead of `cfg`'s (benchmarks on synthetic images)."""
+    `data` = (train, kNN bank, kNN queries) instead of `cfg`'s (benchmarks on synthetic images);
+    `backbone` (and its `feature_dim`) instead of `cfg.arch` (see `fit`)."""
     run_dir = Path(cfg.run_dir or broadcast_object(default_run_dir(cfg)))  # rank 0's clock names it
     cfg = cfg.replace(run_dir=str(run_dir))
+    if backbone is not None:  # the ResNet options do not apply to it; "custom" says it is not built by name
+        cfg = cfg.replace(arch=CUSTOM, cifar_stem=False, width=1.0)
     world = rank_and_world()[1]
     if cfg.batch_size % world:
         raise ConfigError(
@@ -327,7 +341,7 @@ def setup(cfg: Config, data: tuple[Images, Images, Images] | None = None) -> Run
     train_set, bank_set, test_set = train_set.to(device), bank_set.to(device), test_set.to(device)
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    method = build_model(cfg).to(device).to(memory_format=memory_format)
+    method = build_model(cfg, backbone, feature_dim).to(device).to(memory_format=memory_format)
     if world > 1 and cfg.sync_bn:
         method = convert_sync_bn(method, device)  # type: ignore[assignment]  # the same Method, its BNs replaced
     optimizer = build_optimizer(method, cfg)
@@ -360,9 +374,9 @@ def setup(cfg: Config, data: tuple[Images, Images, Images] | None = None) -> Run
     )
     log(
         f"{cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} test images), "
-        f"{cfg.arch} width {cfg.width}, batch {cfg.batch_size}{processes}, lr {cfg.scaled_lr:g}, "
-        f"{cfg.epochs} epochs, {device}{' bf16' if bf16 else ''}{' compiled' if cfg.compile else ''}, "
-        f"data {placement} -> {run_dir}"
+        f"{cfg.arch}{f' width {cfg.width}' if cfg.arch in RESNETS else ''}, batch {cfg.batch_size}{processes}, "
+        f"lr {cfg.scaled_lr:g}, {cfg.epochs} epochs, {device}{' bf16' if bf16 else ''}"
+        f"{' compiled' if cfg.compile else ''}, data {placement} -> {run_dir}"
     )
     run.method.train()
     return run

@@ -350,6 +350,23 @@ def list_images(root: str) -> list[str]:
     return paths
 
 
+def typical_size(root: str, sample: int = 256) -> tuple[int, int] | None:
+    """(median shorter side in pixels, files measured) of up to `sample` image files spread evenly
+    over the folder's sorted listing, from their headers only; None when none can be read (the
+    loading that follows reports why)."""
+    if not os.path.isdir(root):
+        return None
+    paths = sorted(_Listing(root, []).images(root))  # no warning here: the loading warns once
+    sides = []
+    for path in paths[:: max(1, len(paths) // sample)][:sample]:
+        try:
+            with _open(path) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
+    return (int(np.median(sides)), len(sides)) if sides else None
+
+
 def _list_samples(root: str, listing: _Listing) -> tuple[list[str], list[tuple[str, int]]]:
     """(class names, [(path, label)]) of an ImageFolder; a flat folder gives no classes, label -1."""
     found = listing.class_folders(root)

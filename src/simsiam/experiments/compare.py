@@ -1,4 +1,4 @@
-"""`simsiam compare`: SimSiam against SimCLR, BYOL and SwAV (paper Table 4, Sec. 6) on the same
+"""`simsiam compare`: SimSiam against SimCLR, BYOL, SwAV and MoCo v2 (paper Table 4, Sec. 6) on the same
 data, backbone, augmentation and number of epochs, in one table and one kNN-vs-epoch plot.
 
     simsiam compare simsiam simclr byol swav              # CPU scale: digits, 10 epochs each
@@ -34,6 +34,7 @@ PAPER = {  # Table 4: ImageNet linear top-1 at 100 / 200 / 400 / 800 epochs
     "simclr": (66.5, 68.3, 69.8, 70.4),
     "byol": (66.5, 70.6, 73.2, 74.3),
     "swav": (66.5, 69.1, 70.7, 71.8),
+    "mocov2": (67.4, 69.9, 71.0, 72.2),
 }
 SCALES = {
     "cpu": Scale("digits", dict(epochs=10, knn_every=1, report=False)),

@@ -12,21 +12,23 @@ import torch.nn as nn
 
 from .base import Method, StepOutput, Targets, Views
 from .byol import BYOL
+from .moco import MoCoV2
 from .simclr import SimCLR
 from .simsiam import SimSiam
 from .swav import SwAV
 
-METHODS: dict[str, type[Method]] = {"simsiam": SimSiam, "simclr": SimCLR, "byol": BYOL, "swav": SwAV}
+METHODS: dict[str, type[Method]] = {"simsiam": SimSiam, "simclr": SimCLR, "byol": BYOL, "swav": SwAV, "mocov2": MoCoV2}
 
 
 def build_model(cfg: Any, backbone: nn.Module | None = None, feature_dim: int | None = None) -> Method:
-    """`cfg.method` around `backbone` (default: the backbone `cfg` describes)."""
-    if backbone is None:
-        from ..backbones import build_backbone
+    """`cfg.method` around `backbone`, any module mapping images to (N, D) features (default: the
+    backbone `cfg.arch` names); D (`feature_dim`) is measured by one forward when not given."""
+    from .. import backbones
 
-        backbone, feature_dim = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width)
-    if feature_dim is None:
-        raise ValueError("give feature_dim, the dimension of the backbone's pooled features, with backbone")
+    if backbone is None:
+        backbone, feature_dim = backbones.build_backbone(cfg.arch, cfg.cifar_stem, cfg.width, image_size=cfg.image_size)
+    elif feature_dim is None:
+        feature_dim = backbones.feature_dim(backbone, cfg.image_size)
     return METHODS[cfg.method].from_config(cfg, backbone, feature_dim)
 
 
