@@ -225,8 +225,10 @@ def _scale_text(r: dict) -> str:
 # A claim holds when it holds by MARGIN seed standard deviations: a kNN gap of at least MARGIN x
 # the pooled std of the two variants' seeds, a z-std at least MARGIN x its std on the right side
 # of the collapse threshold. The stds have floors (kNN on a few hundred test images moves in steps
-# of a third of a point; three seeds can agree by chance). Claims about differences the scale
-# cannot resolve (the paper's 0.4-point ones) are reported, not counted.
+# of a third of a point; three seeds can agree by chance). Counted: collapse or not, the loss of
+# a non-converging variant, and kNN gaps the paper reports as 4 points or more. Smaller ones (its
+# 0.4 to 3.3-point differences between healthy variants) are under the seed noise of kNN on a few
+# hundred digits: reported with their gap, not counted.
 
 
 def _check(claim: str, held: bool, detail: str, margin: float | None = None, counted: bool = True) -> dict:
@@ -315,7 +317,7 @@ def _similarity(v: dict) -> list[dict]:
 def _symmetry(v: dict) -> list[dict]:
     sym, asym, asym2 = v["sym."], v["asym."], v["asym. 2x"]
     return [
-        _below("asymmetric below symmetric", asym, sym),
+        _cannot_say("asymmetric below symmetric (paper: -3.3 points)", sym, asym),
         _cannot_say("asym. 2x close to sym. (paper: -0.8 points)", asym2, sym),
     ]
 
