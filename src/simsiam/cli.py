@@ -286,6 +286,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
 def _follow_the_images(data_dir: str, given: dict) -> dict:
     """The folder preset's crop size (and blur, stem) from the images' median shorter side,
     printed; options the user gave win."""
+    from .backbones import RESNETS
     from .config import folder_recipe
     from .data.datasets import typical_size
 
@@ -294,7 +295,7 @@ def _follow_the_images(data_dir: str, given: dict) -> dict:
         return {}
     side, n = found
     recipe = {k: v for k, v in folder_recipe(side).items() if k not in given}
-    if not str(given.get("arch", PRESETS["folder"]["arch"])).startswith("resnet"):
+    if given.get("arch", PRESETS["folder"]["arch"]) not in RESNETS:
         recipe.pop("cifar_stem", None)  # a ResNet stem; other backbones keep their own
     small = recipe.get("cifar_stem") and "the paper's recipe for small images: CIFAR stem, no blur"
     log(

@@ -38,7 +38,7 @@ from ..errors import ClaimsNotHeld, ConfigError
 from ..runtime import commit, machine
 from .plots import plot_runs
 from .runner import Scale, Variant, linear_fast, run_variants
-from .tables import KNN_FLOOR, pooled_sd, table
+from .tables import KNN_FLOOR, pooled_sd, seed_sd, table
 from .tables import checks as checks_table
 
 MARGIN = 3.0  # a claim holds by this many seed standard deviations (see the checks below)
@@ -252,7 +252,7 @@ def _below(claim: str, low: dict, high: dict) -> dict:
 
 def _collapse(claim: str, v: dict, collapsed: bool) -> dict:
     """z-std / (1/sqrt d) at least MARGIN stds under (collapsed) or over (not) the threshold."""
-    s = pooled_sd(v["z_runs"], v["z_runs"], Z_FLOOR)  # the one variant's own seed std
+    s = seed_sd(v["z_runs"], Z_FLOOR)
     margin = (COLLAPSE - v["z_ratio"]) / s if collapsed else (v["z_ratio"] - COLLAPSE) / s
     spread = f" ± {v['z_ratio_std']:.2f}" if v.get("z_ratio_std") is not None else ""
     side = "under" if v["z_ratio"] < COLLAPSE else "over"

@@ -43,10 +43,11 @@ def mean_std(values: list[float], digits: int = 2) -> str:
     return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
 
 
+def seed_sd(values: list[float], floor: float) -> float:
+    """The std over seeds, at least `floor` (three seeds can agree by chance; one has no std)."""
+    return max(statistics.stdev(values) if len(values) > 1 else 0.0, floor)
+
+
 def pooled_sd(a: list[float], b: list[float], floor: float) -> float:
-    """The two groups' seed stds pooled, each at least `floor` (three seeds can agree by chance)."""
-
-    def sd(v: list[float]) -> float:
-        return max(statistics.stdev(v) if len(v) > 1 else 0.0, floor)
-
-    return math.sqrt((sd(a) ** 2 + sd(b) ** 2) / 2)
+    """The two groups' seed stds (each at least `floor`) pooled."""
+    return math.sqrt((seed_sd(a, floor) ** 2 + seed_sd(b, floor) ** 2) / 2)
