@@ -93,8 +93,9 @@ def ours_rate(images: torch.Tensor, size: int, blur_p: float, batch: int, second
 
 def kornia_pipeline(size: int, blur_p: float):
     """kornia's per-sample equivalent of the recipe (`same_on_batch=False`, its default): each
-    image draws its own crop, jitter, grayscale, blur and flip on the batch's device. ColorJitter
-    applies the four adjustments in a random order per batch, like torchvision's per image."""
+    image draws its own crop, jitter factors, grayscale, blur and flip on the batch's device.
+    ColorJitter's order of the four adjustments is drawn once per batch (torchvision and ours draw
+    one per image: `kornia_equivalence`)."""
     import kornia.augmentation as K
 
     stages = [
@@ -127,6 +128,55 @@ def kornia_rate(images: torch.Tensor, size: int, blur_p: float, batch: int, seco
         return batch
 
     return rate(step, seconds, warmup=3)
+
+
+def kornia_equivalence() -> list[str]:
+    """Does kornia's pipeline draw what torchvision's does? Each colour op against torchvision's
+    with kornia's own drawn factors, the crop sampler's statistics against torchvision's
+    `RandomResizedCrop.get_params`, and whether each image draws its own jitter order (torchvision
+    and ours do). Lines for the report; [] without kornia."""
+    try:
+        import kornia
+        import kornia.augmentation as K
+    except ImportError:
+        return []
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 16, 16)
+    diffs = {}
+    for name, tf, arg in [
+        ("brightness", TF.adjust_brightness, 0.4),
+        ("contrast", TF.adjust_contrast, 0.4),
+        ("saturation", TF.adjust_saturation, 0.4),
+        ("hue", TF.adjust_hue, 0.1),
+    ]:
+        jitter = K.ColorJitter(**{name: arg}, p=1.0)
+        out, f = jitter(x), jitter._params[f"{name}_factor"]
+        ref = torch.stack([tf(x[i], float(f[i])) for i in range(len(x))])
+        diffs[name] = (out - ref).abs().max().item()
+    jitter = K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=1.0)
+    jitter(x)
+    order_shape = tuple(jitter._params["order"].shape)
+
+    n, shape = 20000, (3, 32, 40)
+    src = K.RandomResizedCrop((32, 32), scale=(0.2, 1.0))._param_generator(torch.Size((n, *shape)), False)["src"]
+    w, h = src[:, 1, 0] - src[:, 0, 0] + 1, src[:, 2, 1] - src[:, 1, 1] + 1
+    ref = torch.tensor(
+        [RandomResizedCrop.get_params(torch.zeros(shape), [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
+        dtype=torch.float32,
+    )  # i, j, h, w
+    area, ref_area = (w * h).mean() / (32 * 40), (ref[:, 2] * ref[:, 3]).mean() / (32 * 40)
+    per_image = order_shape != (4,)
+    ops = ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
+    order = "per image" if per_image else "once per batch (shape (4,))"
+    verdict = "" if per_image else ": torchvision and ours draw one per image, so kornia fails the equivalence test"
+    return [
+        f"kornia {kornia.__version__} vs torchvision: colour ops at kornia's drawn factors, max |diff| {ops}; "
+        f"RandomResizedCrop mean area {area:.4f} vs {ref_area:.4f} ({n:,} draws, 32x40 px); "
+        f"ColorJitter's order of the four adjustments drawn {order}{verdict}"
+    ]
 
 
 def torchvision_rate(images: np.ndarray, size: int, blur_p: float, batch: int, seconds: float) -> float:
@@ -241,7 +291,7 @@ def main() -> None:
         f"| {n} | {o:,.0f} | {t:,.0f} | {q:.2f}x | {num(k)} | {num(qk, '{:.2f}x')} | {num(g)} | {num(kg)} |"
         for n, o, t, q, k, qk, g, kg in rows
     ]
-    out = "\n".join(table + [""] + lines)
+    out = "\n".join(table + [""] + lines + kornia_equivalence())
     print(out)
     if not args.no_write:
         date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
