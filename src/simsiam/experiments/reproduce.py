@@ -182,7 +182,7 @@ def run_group(
 
 
 def _aggregate(rows: list[dict]) -> dict:
-    """Per variant: mean and std over seeds of kNN, linear (fast) and z-std / (1/sqrt d), the
+    """Per variant: mean and std over seeds of kNN, linear (fast), random-init kNN and z-std / (1/sqrt d), the
     per-seed values (the checks' margins), collapsed in any seed."""
     out: dict[str, dict] = {}
     for r in rows:
@@ -191,6 +191,7 @@ def _aggregate(rows: list[dict]) -> dict:
         runs = v.pop("runs")
         knn = [100 * r["knn_top1"] for r in runs if r.get("knn_top1") is not None]
         lin = [100 * r["linear_fast"] for r in runs if r.get("linear_fast") is not None]
+        rnd = [100 * r["knn_top1_random_init"] for r in runs if r.get("knn_top1_random_init") is not None]
         z = [r["z_std"] / r["z_std_healthy"] for r in runs]
         v.update(
             knn=statistics.mean(knn) if knn else None,
@@ -198,9 +199,8 @@ def _aggregate(rows: list[dict]) -> dict:
             knn_runs=knn,
             linear=statistics.mean(lin) if lin else None,
             linear_std=statistics.stdev(lin) if len(lin) > 1 else None,
-            knn_random=100 * runs[0]["knn_top1_random_init"]
-            if runs[0].get("knn_top1_random_init") is not None
-            else None,
+            knn_random=statistics.mean(rnd) if rnd else None,
+            knn_random_std=statistics.stdev(rnd) if len(rnd) > 1 else None,
             z_ratio=statistics.mean(z),
             z_ratio_std=statistics.stdev(z) if len(z) > 1 else None,
             z_runs=z,
@@ -357,7 +357,7 @@ CHECKS = {
 def markdown(results: dict) -> str:
     rows = []
     for label, v in results["variants"].items():
-        rnd = "n/a" if v["knn_random"] is None else f"{v['knn_random']:.2f}"
+        rnd = _mean_std(v["knn_random"], v.get("knn_random_std"))  # each seed initialises its own backbone
         paper = "-" if v["paper"] is None else f"{v['paper']:.1f}"
         if v["paper"] is None and "pred. output" in label:
             paper = "unstable"
