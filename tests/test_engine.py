@@ -137,3 +137,27 @@ def test_losses_run_in_float32_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             mixed = loss()
         assert mixed.dtype == torch.float32 and torch.equal(mixed, exact), name
+
+
+def test_commit_names_the_checkout_marks_changes_and_falls_back_outside_git(tmp_path, monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    import simsiam.runtime as R
+
+    def git(*args, cwd=tmp_path):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True
+        )
+
+    git("init", "-q")
+    (tmp_path / "runtime.py").write_text("x = 1\n")
+    git("add", "runtime.py")
+    git("commit", "-qm", "one")
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(R, "__file__", str(tmp_path / "runtime.py"))  # git runs where the sources are
+    assert R.git_sha() == sha and R.commit() == f"commit {sha[:7]}"
+    (tmp_path / "runtime.py").write_text("x = 2\n")
+    assert R.commit() == f"commit {sha[:7]} + uncommitted changes"
+    monkeypatch.setattr(R, "__file__", str(Path("/") / "runtime.py"))  # not a git checkout
+    assert R.git_sha() is None and R.commit().endswith(("(not a git checkout)", "unknown commit"))

@@ -205,15 +205,18 @@ def peak_memory(device: torch.device) -> dict:
     return {"peak_memory_mb": rss / (2**20 if sys.platform == "darwin" else 2**10), "peak_memory_of": "process RSS"}
 
 
+def _git(*args: str) -> str:
+    """`git ARGS` run in the simsiam sources: its output, "" when git or a checkout is missing."""
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip()
+
+
 def git_sha() -> str | None:
     """The commit of the simsiam sources, when they are a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    return _git("rev-parse", "HEAD") or None
 
 
 def has_amx() -> bool:
@@ -248,15 +251,7 @@ def machine() -> str:
 def commit() -> str:
     """The simsiam commit a figure comes from, marked when the checkout has uncommitted changes."""
 
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-
-    try:
-        sha, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        sha = dirty = ""
+    sha = _git("rev-parse", "--short", "HEAD")
     if not sha:
         from importlib.metadata import PackageNotFoundError, version
 
@@ -264,6 +259,7 @@ def commit() -> str:
             return f"simsiam {version('simsiam')} (not a git checkout)"
         except PackageNotFoundError:
             return "unknown commit"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     return f"commit {sha}" + (" + uncommitted changes" if dirty else "")
 
 
