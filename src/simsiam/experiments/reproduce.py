@@ -38,7 +38,7 @@ from ..errors import ClaimsNotHeld, ConfigError
 from ..runtime import commit, machine
 from .plots import plot_runs
 from .runner import Scale, Variant, linear_fast, run_variants
-from .tables import KNN_FLOOR, pooled_sd, seed_sd, table
+from .tables import KNN_FLOOR, mean_std, pooled_sd, seed_sd, table
 from .tables import checks as checks_table
 
 MARGIN = 3.0  # a claim holds by this many seed standard deviations (see the checks below)
@@ -182,8 +182,8 @@ def run_group(
 
 
 def _aggregate(rows: list[dict]) -> dict:
-    """Per variant: mean and std over seeds of kNN, linear (fast), random-init kNN and z-std / (1/sqrt d), the
-    per-seed values (the checks' margins), collapsed in any seed."""
+    """Per variant: the per-seed values of kNN, linear (fast), random-init kNN, z-std / (1/sqrt d)
+    and loss (the table's mean ± std, the checks' margins), their means, collapsed in any seed."""
     out: dict[str, dict] = {}
     for r in rows:
         out.setdefault(r["variant"], {"runs": []})["runs"].append(r)
@@ -198,9 +198,8 @@ def _aggregate(rows: list[dict]) -> dict:
             knn_std=statistics.stdev(knn) if len(knn) > 1 else None,
             knn_runs=knn,
             linear=statistics.mean(lin) if lin else None,
-            linear_std=statistics.stdev(lin) if len(lin) > 1 else None,
-            knn_random=statistics.mean(rnd) if rnd else None,
-            knn_random_std=statistics.stdev(rnd) if len(rnd) > 1 else None,
+            linear_runs=lin,
+            random_runs=rnd,  # each seed initialises its own backbone
             z_ratio=statistics.mean(z),
             z_ratio_std=statistics.stdev(z) if len(z) > 1 else None,
             z_runs=z,
@@ -357,16 +356,14 @@ CHECKS = {
 def markdown(results: dict) -> str:
     rows = []
     for label, v in results["variants"].items():
-        rnd = _mean_std(v["knn_random"], v.get("knn_random_std"))  # each seed initialises its own backbone
         paper = "-" if v["paper"] is None else f"{v['paper']:.1f}"
         if v["paper"] is None and "pred. output" in label:
             paper = "unstable"
         n = v.get("collapsed_seeds", int(v["collapsed"]))
         collapsed = "no" if not n else "yes" if v["seeds"] == 1 else f"{n} of {v['seeds']} seeds"
         scale = f"{v['scale']}, {v['seeds']} seed(s)"
-        z = f"{v['z_ratio']:.2f}" + (f" ± {v['z_ratio_std']:.2f}" if v.get("z_ratio_std") is not None else "")
-        lin = _mean_std(v.get("linear"), v.get("linear_std"))
-        rows.append([label, _mean_std(v["knn"], v["knn_std"]), lin, rnd, z, collapsed, paper, scale])
+        seeds = [mean_std(v[k]) for k in ("knn_runs", "linear_runs", "random_runs", "z_runs")]
+        rows.append([label, *seeds, collapsed, paper, scale])
     header = ["variant", "kNN top-1 (ours)", "linear (fast)", "random-init kNN", "z-std / (1/sqrt d)", "collapsed"]
     header += ["paper (ImageNet linear)", "scale"]
     source = f"{results['scale']} scale, {results['date']}, {results.get('commit', 'unknown commit')}"
@@ -374,12 +371,6 @@ def markdown(results: dict) -> str:
     if results["checks"]:
         lines += ["", *checks_table(results["checks"])]
     return "\n".join(lines) + "\n"
-
-
-def _mean_std(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
 
 
 def failed_claims(results: list[dict]) -> list[dict]:
