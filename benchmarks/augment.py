@@ -29,6 +29,7 @@ from torchvision import transforms as T
 
 from simsiam import Views, build_model, from_preset
 from simsiam.data import Augment
+from simsiam.data.augment import blur_kernel_size
 
 RECIPES = {  # output size -> input size, blur probability, torchvision DataLoader batch
     32: dict(in_size=32, blur_p=0.0, batch=256),
@@ -104,7 +105,7 @@ def kornia_pipeline(size: int, blur_p: float):
         K.RandomGrayscale(p=0.2),
     ]
     if blur_p:
-        kernel = 2 * round(0.05 * size) + 1  # ~10% of the image, odd, as ours and the paper's
+        kernel = blur_kernel_size(size)  # ours: ~10% of the image, odd (23 at 224)
         stages.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=blur_p))
     stages += [K.RandomHorizontalFlip(), K.Normalize(torch.tensor(MEAN), torch.tensor(STD))]
     return K.AugmentationSequential(*stages)
