@@ -161,3 +161,13 @@ def test_commit_names_the_checkout_marks_changes_and_falls_back_outside_git(tmp_
     assert R.commit() == f"commit {sha[:7]} + uncommitted changes"
     monkeypatch.setattr(R, "__file__", str(Path("/") / "runtime.py"))  # not a git checkout
     assert R.git_sha() is None and R.commit().endswith(("(not a git checkout)", "unknown commit"))
+
+
+def test_auto_precision_is_fp32_on_every_cpu(monkeypatch):
+    """bf16 by default only on GPUs: on an AMX CPU (this project's Xeon) torch 2.14's oneDNN bf16
+    kernels gave NaN weight gradients at random in small convolutions; asked for, it is used."""
+    from simsiam.runtime import use_bf16
+
+    monkeypatch.setattr(torch._C._cpu, "_init_amx", lambda: True, raising=False)  # as on an AMX CPU
+    cpu = torch.device("cpu")
+    assert not use_bf16("auto", cpu) and not use_bf16("fp32", cpu) and use_bf16("bf16", cpu)

@@ -120,15 +120,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast where it is fast: GPUs with bf16, CPUs with AMX matrix units."""
+    """bf16 autocast when asked, and by default (`auto`) on GPUs with bf16. Never by default on a
+    CPU: without AMX it is emulated (~20x slower), and with AMX the oneDNN kernels of torch 2.14
+    gave NaN weight gradients at random in small convolutions (design notes); `--precision bf16`
+    still turns it on."""
     if precision != "auto":
         return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:  # private but stable since torch 2.2; absent elsewhere -> fp32
-        return bool(torch._C._cpu._init_amx())
-    except AttributeError:
-        return False
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def autocast(device: torch.device, bf16: bool) -> AbstractContextManager:
