@@ -490,3 +490,86 @@ def test_listing_order_is_torchvisions_for_ordinary_trees(tmp_path):
     expected = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     assert D._list_samples(str(root), D._Listing(str(root), [str(root)])) == (classes, expected)
     assert len(expected) > 5
+
+
+# --- decode: bounded by what is produced ----------------------------------------------------------
+
+
+def resize_then_crop(path, size):
+    """decode_image as it was before the aspect-ratio bound: the reference for ordinary images."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float64)
+            im = Image.fromarray((arr * (255.0 / max(arr.max(), 255.0) if arr.max() > 255 else 1.0)).astype(np.uint8))
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            w, h = im.size
+            s = size / min(w, h)
+            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
+            left, top = (im.width - size) // 2, (im.height - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+        return np.array(im, dtype=np.uint8)
+
+
+def test_ordinary_images_decode_bit_for_bit_as_before(tmp_path):
+    """Training numerics must not move: every image within the aspect-ratio bound (here up to 15:1)
+    decodes to exactly the resize-then-crop of before."""
+    rng = np.random.default_rng(5)
+    for w, h in ((40, 30), (30, 95), (500, 333), (7, 5), (1, 1), (225, 15)):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{w}x{h}.png")
+    Image.fromarray(rng.integers(0, 65536, (50, 70)).astype(np.uint16)).save(tmp_path / "gray16.png")
+    for path in sorted(tmp_path.iterdir()):
+        for size in (15, 32, 224):
+            assert np.array_equal(D.decode_image(str(path), size), resize_then_crop(path, size)), (path.name, size)
+    # beyond the bound (here 1000:17 and 11:900): the same sample positions, computed for the crop only;
+    # the two resampling passes may run in the other order, so up to a level or two of rounding apart
+    y, x = np.mgrid[0:1000, 0:900]
+    smooth = np.stack([x * 255 // 899, y * 255 // 999, 128 + 100 * np.sin(y / 7) * np.cos(x / 3)], -1).astype(np.uint8)
+    Image.fromarray(np.ascontiguousarray(smooth[:, :17])).save(tmp_path / "tall.png")
+    Image.fromarray(np.ascontiguousarray(smooth[:11])).save(tmp_path / "wide.png")
+    for name in ("tall.png", "wide.png"):
+        got, ref = D.decode_image(str(tmp_path / name), 32), resize_then_crop(tmp_path / name, 32)
+        assert got.shape == ref.shape and np.abs(got.astype(int) - ref).max() <= 2, name
+
+
+def test_extreme_aspect_ratios_decode_in_bounded_memory(tmp_path):
+    """A 2,000,000 x 1 PNG (a few KB) resized by its shorter side would be a 448,000,000 x 224 image
+    (400 GB); it decodes to size x size from its centre with no more memory than the source."""
+    import resource
+    import time
+
+    colour = (200, 30, 90)
+    for w, h in ((2_000_000, 1), (1, 2_000_000), (100_000, 3)):
+        Image.new("RGB", (w, h), colour).save(tmp_path / f"{w}x{h}.png")
+    vm_kb = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmSize:"))
+    limits = resource.getrlimit(resource.RLIMIT_AS)
+    start = time.perf_counter()
+    resource.setrlimit(resource.RLIMIT_AS, (vm_kb * 1024 + 100 * 2**20, limits[1]))  # 100 MB more at most
+    try:
+        got = [D.decode_image(str(p), 224) for p in sorted(tmp_path.iterdir())]
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, limits)
+    assert time.perf_counter() - start < 5
+    for a in got:
+        assert a.shape == (224, 224, 3) and (a == np.array(colour, np.uint8)).all()
+
+
+def test_pixel_limit_is_checked_again_after_decoding(tmp_path, monkeypatch):
+    """Some decoders settle on another size at load than their header gave (ICNS, EPS at a scale,
+    PIL's ICO before it loaded on open): the decoded size is held to MAX_PIXELS too."""
+    from PIL import PngImagePlugin
+
+    Image.new("RGB", (10, 10), (1, 2, 3)).save(tmp_path / "grows.png")
+    load = PngImagePlugin.PngImageFile.load
+
+    def load_larger(self):  # a decoder that gives 20 x 20 pixels for a 10 x 10 header
+        load(self)
+        self.im, self._size = Image.core.fill("RGB", (20, 20), (1, 2, 3)), (20, 20)
+        return self.im.pixel_access()
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", load_larger)
+    monkeypatch.setattr(D, "MAX_PIXELS", 300)  # above the header's 100 pixels, below the decoded 400
+    assert D.decode_image(str(tmp_path / "grows.png"), 8) is None
+    monkeypatch.setattr(D, "MAX_PIXELS", 400)
+    assert (D.decode_image(str(tmp_path / "grows.png"), 8) == (1, 2, 3)).all()

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.augment import prepare
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, DataError, TrainingError
 from .parallel import gather_rows, shard
 from .runtime import is_main, rank_and_world
 
@@ -55,6 +55,12 @@ def _features(backbone, images, size, mean, std, batch_size, channels_last, l2) 
         f = backbone(x).float()
         feats.append(F.normalize(f, dim=1) if l2 else f)
     backbone.train(was_training)
+    n = sum(len(f) for f in feats)
+    if n != len(images):  # streamed files skipped as unreadable: the rows would not match the labels
+        raise DataError(
+            f"{len(images) - n} of the {len(images)} images to evaluate could not be read (see the warning above); "
+            "evaluation pairs every image with its label: fix or remove the unreadable files"
+        )
     return torch.cat(feats)
 
 

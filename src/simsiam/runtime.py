@@ -24,6 +24,25 @@ from tqdm import tqdm
 
 from .errors import ConfigError, TrainingError
 
+_HELD_LOCKS: set[int] = set()  # file descriptors of the run-directory locks this process holds
+
+
+def hold_lock(fd: int, held: bool = True) -> None:
+    """Record (or forget) a lock's descriptor, for `drop_inherited_locks`."""
+    (_HELD_LOCKS.add if held else _HELD_LOCKS.discard)(fd)
+
+
+def drop_inherited_locks(worker_id: int = 0) -> None:
+    """DataLoader's `worker_init_fn`: a forked worker closes the run lock's descriptor it inherited.
+    A flock lives as long as any descriptor of it, so a worker that outlives a killed trainer would
+    otherwise keep the run directory locked."""
+    for fd in list(_HELD_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
 
 def rank_and_world() -> tuple[int, int]:
     """(this process's rank, number of processes); (0, 1) without a process group."""

@@ -152,7 +152,9 @@ def train_one_epoch(run: Run, epoch: int, monitor: Monitor) -> dict:
     order = rank_slice(full, cfg.batch_size)
     pin = run.device.type == "cuda"  # streamed batches: pinned, copied without blocking
     rest = order[first * run.batch :]
-    batches = run.train_set.batches(run.batch, order=rest, drop_last=True, workers=cfg.workers, pin_memory=pin)
+    batches = run.train_set.batches(  # streamed: a batch left under 2 images by unreadable files is dropped (BN)
+        run.batch, order=rest, drop_last=True, workers=cfg.workers, pin_memory=pin, min_batch=2
+    )
     for step, images in enumerate(batches, start=first):
         set_lr(optimizer, *lr_at(cfg, epoch, step, run.steps_per_epoch))
         images = images.to(run.device, non_blocking=True)  # a no-op when the data lives on the device

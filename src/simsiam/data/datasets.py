@@ -27,6 +27,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import DataError, warn
+from ..runtime import drop_inherited_locks, rank_and_world
 
 HOLDOUT_SEED = 1234  # the held-out split never depends on --seed, so runs stay comparable
 UNLABELED = -1
@@ -67,8 +68,10 @@ class ImageSet:
         drop_last: bool = False,
         workers: int = 0,
         pin_memory: bool = False,
+        min_batch: int = 1,
     ):
-        """uint8 batches in `order` (default: stored order); no workers needed, they are in memory."""
+        """uint8 batches in `order` (default: stored order); no workers needed, they are in memory.
+        `min_batch` is FileSet's: images in memory are all readable, no batch shrinks."""
         order = torch.arange(len(self), device=self.images.device) if order is None else order.to(self.images.device)
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         for i in range(0, stop, batch_size):
@@ -79,7 +82,7 @@ class ImageSet:
 class FileSet:
     """Images left on disk and decoded by DataLoader workers batch by batch (`--placement stream`),
     for folders too large to hold decoded in memory. Same interface as ImageSet; a file that cannot
-    be decoded is dropped from its batch and counted."""
+    be decoded is dropped from its batch and counted (see `batches`)."""
 
     paths: list[str]
     labels: torch.Tensor  # int64 (N,), UNLABELED where unknown
@@ -101,8 +104,14 @@ class FileSet:
         return self.select(torch.nonzero(self.labels >= 0).flatten())
 
     def take(self, idx) -> torch.Tensor:
-        idx = torch.as_tensor(idx).flatten().tolist()
-        return next(self.batches(max(1, len(idx)), order=torch.tensor(idx, dtype=torch.int64)))
+        """uint8 images (len(idx), 3, S, S) of exactly these files, decoded here: the callers pair
+        the rows with labels or targets by index, so an unreadable file is a DataError, not a skip."""
+        rows = torch.as_tensor(idx).flatten().tolist()
+        arrays = [decode_image(self.paths[i], self.size) for i in rows]
+        bad = [self.paths[i] for i, a in zip(rows, arrays) if a is None]
+        if bad:
+            raise DataError(f"cannot read image {bad[0]}, which this step needs; fix or remove it")
+        return torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays if a is not None])
 
     def batches(
         self,
@@ -111,49 +120,100 @@ class FileSet:
         drop_last: bool = False,
         workers: int = 0,
         pin_memory: bool = False,
+        min_batch: int = 1,
     ):
         """uint8 batches decoded by `workers` DataLoader workers, in page-locked memory with
-        `pin_memory` (so the copy to a GPU can run without blocking)."""
+        `pin_memory` (so the copy to a GPU can run without blocking).
+
+        An unreadable file is dropped from its batch (with `strict`: a DataError naming it, raised
+        here, not in the worker), and a batch left with fewer than `min_batch` images (training: 2,
+        for BatchNorm) is dropped; each is counted in one warning at the end of the pass. Under
+        torchrun with more than one process a dropped batch is a DataError instead: the processes
+        step together, and one that skipped a step would leave the others waiting for it. A pass
+        that yields no batch at all (every file unreadable, or every batch dropped) is a DataError."""
         from torch.utils.data import BatchSampler, DataLoader
 
         order = torch.arange(len(self)) if order is None else order.cpu()
         loader = DataLoader(
-            _Decode(self.paths, self.size, self.strict),
+            _Decode(self.paths, self.size),
             num_workers=workers,
             collate_fn=_stack_good,
             batch_sampler=BatchSampler(order.tolist(), batch_size, drop_last),
             pin_memory=pin_memory,
+            worker_init_fn=drop_inherited_locks,  # the run lock stays the trainer's alone
         )
-        bad = 0
-        for images, n_bad in loader:
-            bad += n_bad
-            if len(images):
+        min_batch = max(1, min_batch)
+        bad: list[str] = []
+        read = yielded = dropped = 0
+        for images, bad_paths in loader:
+            if bad_paths and self.strict:
+                raise DataError(
+                    f"cannot read image {bad_paths[0]}; fix or remove it, or drop --strict to skip bad files"
+                )
+            bad += bad_paths
+            read += len(images) + len(bad_paths)
+            if len(images) >= min_batch:
+                yielded += 1
                 yield images
+                continue
+            dropped += 1
+            world = rank_and_world()[1]
+            if world > 1:
+                raise DataError(
+                    f"a batch of {len(images) + len(bad_paths)} image files under {self._root()} has "
+                    f"{len(images)} readable, fewer than {min_batch}, and with {world} processes it cannot be "
+                    f"dropped (they step together); {_fix(bad_paths)}"
+                )
+        too_few = "no readable image" if min_batch == 1 else f"fewer than {min_batch} readable images"
+        if dropped and not yielded:  # batches were asked for and none came: an empty pass would crash later
+            if len(bad) == read:
+                raise DataError(f"none of the {read} image files under {self._root()} could be read; check the files")
+            raise DataError(
+                f"every batch of the {read} image files under {self._root()} was left with {too_few}; {_fix(bad)}"
+            )
         if bad:
-            warn(f"skipped {bad} unreadable image file(s) while streaming {os.path.commonpath(self.paths)}")
+            warn(
+                f"skipped {len(bad)} unreadable image file(s) while streaming {self._root()}, "
+                f"e.g. {', '.join(bad[:3])} (--strict stops at the first)"
+            )
+        if dropped:
+            warn(f"dropped {dropped} batch(es) left with {too_few}")
+
+    def _root(self) -> str:
+        """The folder that holds the files (for messages)."""
+        return os.path.commonpath([os.path.dirname(p) or "." for p in self.paths])
 
 
 class _Decode(torch.utils.data.Dataset):
-    def __init__(self, paths, size, strict):
-        self.paths, self.size, self.strict = paths, size, strict
+    """Decodes file i in a DataLoader worker: a (3, S, S) uint8 tensor, or the path (str) of a file
+    that cannot be read. Never raises: an exception in a worker reaches the main process as a
+    multi-line 'Caught DataError in DataLoader worker process 0 ... Original Traceback'."""
+
+    def __init__(self, paths, size):
+        self.paths, self.size = paths, size
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         a = decode_image(self.paths[i], self.size)
-        if a is None and self.strict:
-            raise DataError(f"cannot read image {self.paths[i]}; fix or remove it, or drop --strict to skip bad files")
-        return None if a is None else torch.from_numpy(a).permute(2, 0, 1)
+        return self.paths[i] if a is None else torch.from_numpy(a).permute(2, 0, 1)
 
 
 Images = ImageSet | FileSet  # in memory, or streamed from disk: the same interface
 T = TypeVar("T", ImageSet, FileSet)
 
 
+def _fix(bad: list[str]) -> str:
+    if not bad:
+        return "use a --batch-size that leaves no short last batch"
+    return f"fix or remove the unreadable files ({len(bad)}, e.g. {', '.join(bad[:3])})"
+
+
 def _stack_good(items):
-    good = [x for x in items if x is not None]
-    return (torch.stack(good) if good else torch.zeros(0, dtype=torch.uint8)), len(items) - len(good)
+    """(the readable images stacked, the paths of the unreadable ones) of one batch."""
+    good = [x for x in items if not isinstance(x, str)]
+    return (torch.stack(good) if good else torch.zeros(0, dtype=torch.uint8)), [x for x in items if isinstance(x, str)]
 
 
 def load_splits(cfg) -> tuple[Images, Images]:
@@ -533,7 +593,8 @@ def _decode_all(samples, size: int, strict: bool):
 def decode_image(path: str, size: int) -> np.ndarray | None:
     """RGB uint8 (size, size, 3): shorter side resized to `size`, then centre-cropped. Any mode
     (palette, CMYK, RGBA, 16-bit) becomes 8-bit RGB; None for a file that cannot be decoded or has
-    more than MAX_PIXELS pixels (a decompression bomb)."""
+    more than MAX_PIXELS pixels (a decompression bomb), by its header or once decoded. Memory is
+    bounded by MAX_PIXELS for the source and by the output's size for the resize (`_resize_crop`)."""
     if not os.path.isfile(path):  # a FIFO named x.jpg would block the open forever
         return None
     try:
@@ -541,21 +602,51 @@ def decode_image(path: str, size: int) -> np.ndarray | None:
             if im.width * im.height > MAX_PIXELS:
                 return None
             im.load()
+            if im.width * im.height > MAX_PIXELS:  # some decoders (ICNS, EPS) settle on another size at load
+                return None
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale, do not clip at 255
-                arr = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray(
-                    (arr * (255.0 / max(arr.max(), 255.0) if arr.max() > 255 else 1.0)).astype(np.uint8)
-                )
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                w, h = im.size
-                s = size / min(w, h)
-                im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
-                left, top = (im.width - size) // 2, (im.height - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-            return np.array(im, dtype=np.uint8)  # a writable copy
+                im = Image.fromarray(_scale_to_uint8(np.asarray(im)))
+            rgb = im if im.mode == "RGB" else im.convert("RGB")  # convert would copy an RGB image
+            return np.array(_resize_crop(rgb, size), dtype=np.uint8)  # a writable copy
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+# Resizing the shorter side to `size` first builds an image as elongated as the source: a 6 KB PNG of
+# 2,000,000 x 1 pixels would become 448,000,000 x 224 (400 GB). Above this many output squares
+# (aspect ratios beyond about 16:1) the output is resampled from the centre region directly.
+MAX_INTERMEDIATE = 16
+
+
+def _resize_crop(im: Image.Image, size: int) -> Image.Image:
+    """`im` with its shorter side resized to `size` (bicubic), then the centre size x size."""
+    if im.size == (size, size):
+        return im
+    w, h = im.size
+    s = size / min(w, h)
+    big_w, big_h = max(size, round(w * s)), max(size, round(h * s))
+    left, top = (big_w - size) // 2, (big_h - size) // 2
+    if big_w * big_h <= MAX_INTERMEDIATE * size * size:  # every ordinary image: bit for bit as it always was
+        return im.resize((big_w, big_h), Image.Resampling.BICUBIC).crop((left, top, left + size, top + size))
+    # The same scale and sample positions (PIL samples output pixel i at box[0] + (i + 0.5) * scale),
+    # computed for the crop only. Not bit for bit: PIL may run its two 8-bit passes in the other
+    # order (a level or two apart on photos; more on noise, where bicubic overshoot is clipped).
+    sx, sy = w / big_w, h / big_h
+    box = (left * sx, top * sy, min(w, (left + size) * sx), min(h, (top + size) * sy))
+    return im.resize((size, size), Image.Resampling.BICUBIC, box=box)
+
+
+def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
+    """16-bit (or 32-bit) gray to uint8, scaled by 255 / max when the max is above 255 (not clipped).
+    In blocks of rows (about 4 M pixels): the values of one whole-array float64 expression, without
+    its two float64 copies of the image (16 bytes a pixel, 1.4 GB at MAX_PIXELS)."""
+    top = float(a.max())
+    f = 255.0 / top if top > 255 else 1.0
+    out = np.empty(a.shape, np.uint8)
+    rows = max(1, 2**22 // max(1, a.shape[1]))
+    for i in range(0, a.shape[0], rows):
+        out[i : i + rows] = (a[i : i + rows].astype(np.float64) * f).astype(np.uint8)
+    return out
 
 
 _OPEN_LOCK = threading.Lock()
