@@ -194,7 +194,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_metrics_consiste
     def full_disk_the_second_time(path, state):
         calls.append(path)
         if len(calls) == 2:
-            raise checkpoint.TrainingError(checkpoint._cannot_write(path, OSError(errno.ENOSPC, "No space left")))
+            raise checkpoint.TrainingError(checkpoint.cannot_write(path, OSError(errno.ENOSPC, "No space left")))
         real(path, state)
 
     monkeypatch.setattr(checkpoint, "save", full_disk_the_second_time)

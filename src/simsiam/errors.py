@@ -16,6 +16,10 @@ class DataError(SimSiamError):
     """Missing, empty or unreadable data."""
 
 
+class UnsafeFile(DataError):
+    """A file holding objects other than tensors and plain values: refused, never unpickled."""
+
+
 class TrainingError(SimSiamError):
     """Training cannot go on (non-finite loss, checkpoint that does not match, ...)."""
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from .backbones import CUSTOM, RESNETS, TIMM, feature_dim, removed_classifier, t
 from .data import datasets
 from .data.augment import prepare
 from .data.datasets import decode_image
-from .errors import ConfigError, DataError, warn
+from .errors import ConfigError, DataError, TrainingError, warn
 from .methods import build_model
 from .runs import load_backbone
 
@@ -30,14 +33,14 @@ def export_backbone(source, out) -> tuple[Path, Path]:
     into `timm.create_model(NAME, num_classes=0)`. The metadata's `howto` says which, and that the
     CIFAR stem (3x3 conv1, no max-pool) must be built by the user.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     backbone, cfg = load_backbone(source)
     state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
     out = _output(out)
-    save_file(state, str(out), metadata=export_metadata(backbone, cfg))
+    checkpoint.write_atomic(out, save(state, metadata=export_metadata(backbone, cfg)))
     pth = out.with_suffix(".pth")
-    torch.save(state, pth)
+    checkpoint.save(pth, state)
     return out, pth
 
 
@@ -64,7 +67,17 @@ def export_onnx(source, out) -> Path:
         raise DataError(f"ONNX export of {cfg.arch} failed: {_first_line(e)}") from None
     assert program is not None  # no file given: the program comes back
     program.model.metadata_props.update(export_metadata(backbone, cfg))
-    program.save(out)
+    staging = out.with_name(f".{out.name}.tmp")  # written whole there, then renamed into place
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        program.save(staging / out.name)  # beyond 2 GB the weights go into a .data file beside it
+        for f in sorted(staging.iterdir(), key=lambda f: f.name == out.name):  # the model last
+            os.replace(f, out.with_name(f.name))
+    except OSError as e:
+        raise TrainingError(checkpoint.cannot_write(out, e)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -174,13 +187,13 @@ def embed_folder(
         warn(f"skipped {len(bad)} unreadable image file(s), e.g. {', '.join(bad[:3])}")
     if not kept:
         raise DataError(f"none of the {len(paths)} image files under {data_dir} could be read")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, torch.cat(feats).numpy())
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "path"])
-        w.writerows(enumerate(kept))
+    out = _output(out)
+    checkpoint.write_atomic(out, lambda f: np.save(f, torch.cat(feats).numpy()))
+    table = io.StringIO(newline="")
+    w = csv.writer(table)
+    w.writerow(["index", "path"])
+    w.writerows(enumerate(kept))
+    checkpoint.write_atomic(out.with_suffix(".csv"), table.getvalue())
     result = {
         "features": str(out),
         "paths": str(out.with_suffix(".csv")),
@@ -189,15 +202,19 @@ def embed_folder(
         "dim": int(feats[0].shape[1]),
     }
     if proj is not None:
-        np.save(out.with_suffix(".projector.npy"), torch.cat(zs).numpy())
+        checkpoint.write_atomic(out.with_suffix(".projector.npy"), lambda f: np.save(f, torch.cat(zs).numpy()))
         result["projector"] = str(out.with_suffix(".projector.npy"))
     return result
 
 
 def _load_projector(source, cfg, device):
-    ckpt = Path(source) / checkpoint.CHECKPOINT
-    if not ckpt.exists():
-        raise DataError(f"--projector needs a run directory with {checkpoint.CHECKPOINT}; {source} has none")
+    if not (Path(source).is_dir() and checkpoint.has_checkpoint(Path(source))):
+        raise DataError(f"--projector needs a run directory with a checkpoint; {source} has none")
     model = build_model(cfg)
-    model.load_state_dict(checkpoint.plain_keys(checkpoint.load(ckpt)["model"]))
+    state = checkpoint.load_latest(Path(source), warn=warn)
+    try:
+        model.load_state_dict(checkpoint.plain_keys(state["model"]))
+    except RuntimeError as e:
+        why = str(e).splitlines()[0]
+        raise DataError(f"{source}: the checkpoint's model does not fit its config.json ({why})") from None
     return model.projector.to(device).eval()

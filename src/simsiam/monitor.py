@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .errors import ConfigError, TrainingError
+from . import checkpoint
+from .errors import ConfigError, DataError, TrainingError
 from .methods.base import StepOutput
 from .parallel import mean_over_ranks
 from .runtime import is_main, log
@@ -62,7 +63,7 @@ class Monitor:
     def step(self, step: int, out: StepOutput) -> None:
         self.loss_sum += out.loss.detach().float()
         self.zstd_sum += out.z_std
-        self.steps, self.last = self.steps + 1, out
+        self.steps += 1
         self.bar.update(1)
         if (step + 1) % self.cfg.log_every == 0:
             loss = self._finite(mean_over_ranks(out.loss), step)
@@ -78,10 +79,12 @@ class Monitor:
     def end_epoch(self) -> dict:
         """The epoch's mean loss and z-std (over the processes too), its speed and duration; never
         a non-finite epoch."""
-        self._finite(mean_over_ranks(self.last.loss), self.steps - 1)
+        if self.steps == 0:
+            raise DataError(f"epoch {self.epoch + 1} trained no step: no batch of its images could be read")
+        loss = self._finite(mean_over_ranks(self.loss_sum) / self.steps, self.steps - 1)  # any step's NaN shows here
         seconds = time.perf_counter() - self.t0
         return {
-            "loss": (mean_over_ranks(self.loss_sum) / self.steps).item(),
+            "loss": loss,
             "z_std": (mean_over_ranks(self.zstd_sum) / self.steps).item(),
             "images_per_second": self.steps * self.cfg.batch_size / seconds,
             "epoch_seconds": seconds,
@@ -90,8 +93,7 @@ class Monitor:
     def record(self, row: dict) -> None:
         """Append the epoch's row to metrics.jsonl (and TensorBoard); warn when it looks collapsed."""
         if is_main():
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            checkpoint.append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
         threshold = self.cfg.collapse_fraction * self.z_healthy
         self.low_epochs = self.low_epochs + 1 if row["z_std"] < threshold else 0
         if self.low_epochs == self.cfg.collapse_patience:
@@ -117,11 +119,9 @@ class Monitor:
     def _finite(self, loss: torch.Tensor, step: int) -> float:
         value = loss.item()
         if not math.isfinite(value):
-            epoch = self.epoch
-            kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "no checkpoint was written yet"
             raise TrainingError(
-                f"loss is {value} at epoch {epoch + 1}, step {step + 1}; lower --lr (now {self.cfg.lr:g}) "
-                f"or check the data; {kept}"
+                f"loss is {value} at epoch {self.epoch + 1}, step {step + 1}; lower --lr (now {self.cfg.lr:g}) "
+                f"or check the data; {checkpoint.newest(self.run_dir)}"
             )
         return value
 

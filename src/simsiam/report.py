@@ -12,7 +12,6 @@ say) is left alone.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -23,11 +22,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from . import checkpoint
 from .config import Config, load_json
 from .data import labeled_splits
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, warn
 from .evaluate import extract_features
-from .runs import load_backbone, read_metrics
+from .runs import load_backbone, read_metrics, read_summary
 from .runtime import resolve_device
 
 DPI = 110
@@ -62,10 +62,15 @@ def write_report(
         raise ConfigError(f"embedding_method {embedding_method!r}: choose tsne or umap")
     run_dir = Path(run_dir)
     metrics = _read_metrics(run_dir)
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_summary(run_dir, warn=warn)
     cfg = load_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
     out = run_dir / "report"
-    out.mkdir(exist_ok=True)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise DataError(f"{out} is not a folder of this run (a link or a file); remove it to write the report")
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as e:
+        raise DataError(checkpoint.cannot_write(out, e)) from None
     for name in FIGURES:  # a plot from an earlier report must not pass for this one's
         (out / name).unlink(missing_ok=True)
 
@@ -108,7 +113,7 @@ def write_report(
                 add("embedding.png", f"Embedding map ({embedding_method})", emb, why)
 
     page = out / "summary.md"
-    page.write_text(_markdown(run_dir, metrics, summary, cfg, figures, notes))
+    checkpoint.write_atomic(page, _markdown(run_dir, metrics, summary, cfg, figures, notes))
     return page
 
 
@@ -124,17 +129,10 @@ def _read_metrics(run_dir: Path) -> list[dict]:
             f"{run_dir} has no metrics.jsonl; train first (`simsiam train --run-dir {run_dir}`) "
             "or give the directory of a run"
         )
-    rows = read_metrics(run_dir)
+    rows = read_metrics(run_dir, warn=warn)
     if not rows:
         raise DataError(f"{run_dir}/metrics.jsonl is empty; wait until the run's first epoch has finished")
     return rows
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # unfinished run: the page says so
 
 
 MAX_BANK = 10_000  # retrieval neighbours come from at most this many train images (ImageNet-size runs)
@@ -165,7 +163,7 @@ def _figure(size=PLOT_SIZE) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=DPI)
+    checkpoint.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
 
 
 def _series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -13,7 +13,7 @@ import torch.nn as nn
 from . import checkpoint
 from .backbones import build_backbone
 from .config import PRESETS, Config, load_json
-from .errors import DataError, warn
+from .errors import DataError, UnsafeFile, warn
 
 OFFICIAL_PREFIX = "module.encoder."
 OFFICIAL = "official-checkpoint"  # cfg.preset of a backbone read from the official format
@@ -24,23 +24,21 @@ def load_backbone(
 ) -> tuple[nn.Module, Config]:
     """(backbone in eval mode, the config it was trained with) from a run dir or checkpoint file;
     the weights go into `backbone` when given (needed for runs of arch "custom", see `fit`), else
-    into the architecture the config names."""
+    into the architecture the config names. Weights that are not finite are refused: a diverged
+    run has no features to evaluate. The config's cache folder is not taken from the run: where
+    evaluation writes its decode cache is this machine's choice ($SIMSIAM_CACHE), not the run's."""
     source = Path(source)
     if source.is_dir():
         cfg_path = source / "config.json"
         if not cfg_path.exists():
             raise DataError(f"{source} has no config.json; give a run directory written by `simsiam train`")
         cfg = load_json(cfg_path)
-        if (source / "backbone.pt").exists():
-            weights = checkpoint.load(source / "backbone.pt")
-        elif (source / checkpoint.CHECKPOINT).exists():
-            weights = _backbone_from_model(checkpoint.load_latest(source, warn=warn)["model"])
-        else:
-            raise DataError(f"{source} holds no backbone.pt or checkpoint.pt; has its first epoch finished?")
+        weights = _run_weights(source)
     elif source.is_file():
         cfg, weights = _from_checkpoint_dict(checkpoint.load(source), source)
     else:
         raise DataError(f"{source} does not exist; give a run directory or a checkpoint file")
+    cfg = cfg.replace(cache_dir=None)
     if backbone is None:
         backbone, _ = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width, image_size=cfg.image_size)
     fits = f"{source}: weights do not fit a {cfg.arch} (width {cfg.width}, cifar_stem {cfg.cifar_stem})"
@@ -51,7 +49,38 @@ def load_backbone(
         raise DataError(f"{fits}: {first}; is config.json the run's own?") from None
     if missing or unexpected:
         raise DataError(f"{fits}; missing {missing[:2]}, unexpected {unexpected[:2]}")
+    bad = [k for k, v in backbone.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise DataError(
+            f"{source}: the backbone's weights are not finite (NaN or inf in {len(bad)} tensors, e.g. {bad[0]}): "
+            "the run diverged and its features mean nothing; use a checkpoint from before, or retrain with a lower --lr"
+        )
     return backbone.to(device).eval(), cfg
+
+
+def _run_weights(run_dir: Path) -> dict:
+    """The backbone weights of a run directory: backbone.pt once the run has finished, else (or when
+    backbone.pt cannot be read: a full disk at the end, say) the newest readable checkpoint's."""
+    path = run_dir / "backbone.pt"
+    if path.exists():
+        try:
+            return _state_dict(checkpoint.load(path), path)
+        except UnsafeFile:
+            raise
+        except DataError as e:
+            if not checkpoint.has_checkpoint(run_dir):
+                raise
+            warn(f"{e}; using the backbone of the newest checkpoint instead")
+    if not checkpoint.has_checkpoint(run_dir):
+        raise DataError(f"{run_dir} holds no backbone.pt or checkpoint; has its first epoch finished?")
+    return _backbone_from_model(checkpoint.load_latest(run_dir, warn=warn)["model"])
+
+
+def _state_dict(weights, path) -> dict:
+    """`weights` if it is a state_dict (names -> tensors), else a one-line DataError naming `path`."""
+    if isinstance(weights, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        return weights
+    raise DataError(f"{path} is not a state_dict of tensors; is it a backbone written by simsiam?")
 
 
 def _backbone_from_model(model_state: dict) -> dict:
@@ -61,9 +90,14 @@ def _backbone_from_model(model_state: dict) -> dict:
 
 def _from_checkpoint_dict(state: dict, source: Path) -> tuple[Config, dict]:
     if isinstance(state, dict) and "config" in state and "model" in state:  # ours
-        return Config.from_dict(state["config"]), _backbone_from_model(state["model"])
+        if not isinstance(state["config"], dict):
+            raise DataError(f"{source}: its config is not a dict; is it a checkpoint written by simsiam?")
+        return Config.from_dict(state["config"]), _backbone_from_model(_state_dict(state["model"], source))
     sd = state.get("state_dict") if isinstance(state, dict) else None
-    if isinstance(sd, dict) and any(k.startswith(OFFICIAL_PREFIX) for k in sd):
+    if isinstance(sd, dict) and any(isinstance(k, str) and k.startswith(OFFICIAL_PREFIX) for k in sd):
+        sd = _state_dict(sd, source)
+        if OFFICIAL_PREFIX + "conv1.weight" not in sd or sd[OFFICIAL_PREFIX + "conv1.weight"].dim() != 4:
+            raise DataError(f"{source}: an official-format checkpoint without a ResNet conv1; is it a SimSiam one?")
         # Official format: encoder = torchvision ResNet whose fc is the projector; drop the fc.
         weights = {
             k[len(OFFICIAL_PREFIX) :]: v
@@ -91,14 +125,91 @@ def _from_checkpoint_dict(state: dict, source: Path) -> tuple[Config, dict]:
     )
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
+# The numbers of a metrics.jsonl line (epoch aside) and of summary.json: numbers, or null.
+METRIC_NUMBERS = ("loss", "z_std", "z_std_healthy", "lr", "images_per_second", "epoch_seconds", "knn_top1", "rss_mb")
+SUMMARY_NUMBERS = (
+    "epochs",
+    "batch_size",
+    "width",
+    "num_train",
+    "num_test",
+    "train_seconds",
+    "images_per_second",
+    "knn_top1",
+    "knn_top1_random_init",
+    "loss",
+    "z_std",
+    "z_std_healthy",
+)
+SUMMARY_TEXTS = ("method", "dataset", "data_dir", "preset", "arch", "device", "precision", "run_dir")
+
+
+def _number(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def valid_metrics_row(m) -> bool:
+    """A metrics.jsonl line as training writes it: an object with a positive integer epoch and
+    numbers (or null) where numbers belong."""
+    return (
+        isinstance(m, dict)
+        and isinstance(m.get("epoch"), int)
+        and not isinstance(m["epoch"], bool)
+        and m["epoch"] >= 1
+        and all(_number(m.get(k)) for k in METRIC_NUMBERS)
+        and isinstance(m.get("lr_groups", {}), dict)
+        and all(v is not None and _number(v) for v in m.get("lr_groups", {}).values())
+    )
+
+
+def read_metrics(run_dir: str | Path, warn=None) -> list[dict]:
+    """The epoch lines of RUN_DIR/metrics.jsonl ([] without the file). A torn last line (the run is
+    writing it) is skipped; any other line that is not an epoch record is left out and counted
+    through `warn`."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
         return []
-    rows = []
-    for line in path.read_text().splitlines():
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
+    rows, bad = [], 0
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line: the run is writing it right now
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            bad += i < len(lines) - 1  # a torn last line: the run is writing it right now
             continue
+        if valid_metrics_row(row):
+            rows.append(row)
+        else:
+            bad += 1
+    if bad and warn is not None:
+        warn(f"{path}: left out {bad} line(s) that are not epoch records")
     return rows
+
+
+def read_summary(run_dir: str | Path, warn=None) -> dict | None:
+    """RUN_DIR/summary.json when the run finished and the file is one (numbers and texts where
+    they belong), else None; a file that is there but is not a summary is reported through `warn`."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as e:
+        if warn is not None:
+            warn(f"{path} is unreadable ({type(e).__name__}); treating the run as unfinished")
+        return None
+    ok = (
+        isinstance(summary, dict)
+        and all(_number(summary.get(k)) for k in SUMMARY_NUMBERS)
+        and all(summary.get(k) is None or isinstance(summary[k], str) for k in SUMMARY_TEXTS)
+        and isinstance(summary.get("collapsed", False), bool)
+    )
+    if not ok:
+        if warn is not None:
+            warn(f"{path} is not a simsiam summary; treating the run as unfinished")
+        return None
+    return summary

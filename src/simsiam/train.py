@@ -34,7 +34,7 @@ from .methods import Method, build_model
 from .monitor import Monitor
 from .optim import build_optimizer, lr_at, set_lr
 from .parallel import broadcast_bn_stats, convert_sync_bn, mean_over_ranks, rank_slice, wrap
-from .runs import read_metrics
+from .runs import read_metrics, valid_metrics_row
 from .runtime import (
     StopSignals,
     autocast,
@@ -213,11 +213,31 @@ def checkpoint_mid_epoch(run: Run, epoch: int, step: int, order: torch.Tensor, m
 
 
 def save_checkpoint(run: Run, epoch: int, step: int, order=None, partial=None) -> None:
-    """Rank 0 writes (verified, the older ones kept: see checkpoint.py); every process waits for it."""
+    """Rank 0 writes (verified, the older ones kept: see checkpoint.py); every process waits for it.
+    A state that is not finite is never written: the run stops and the last finite checkpoint stays
+    the newest (one host sync, here and not in every step)."""
+    ensure_finite(run, epoch, step, partial)
     if is_main():
         state = training_state(run, epoch, step, order, partial)
         checkpoint.write_checkpoint(run.run_dir, state, run.global_step(epoch, step), run.cfg.keep_checkpoints)
     barrier()  # the checkpoint is written before any process moves on
+
+
+def ensure_finite(run: Run, epoch: int, step: int, partial: dict | None = None) -> None:
+    """A TrainingError naming the last finite checkpoint when a weight, a BN statistic, an optimizer
+    buffer or the epoch's loss sum is NaN or infinite (on any process)."""
+    tensors = [t for t in run.method.state_dict().values() if t.is_floating_point()]
+    buffers = [t for s in run.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    tensors += [t for t in buffers if t.is_floating_point()]
+    tensors += [t for t in (partial or {}).values() if torch.is_tensor(t)]
+    finite = torch.stack([t.detach().isfinite().all().to(run.device) for t in tensors]).all().float()
+    if mean_over_ranks(finite).item() == 1.0:
+        return
+    where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+    raise TrainingError(
+        f"the model is not finite (NaN or inf) at {where}, so no checkpoint was written there; "
+        f"{checkpoint.newest(run.run_dir)}; lower --lr (now {run.cfg.lr:g}) or check the data"
+    )
 
 
 def stop_requested(run: Run, step: int) -> bool:
@@ -247,8 +267,10 @@ def finish(run: Run, last: dict | None) -> dict:
     """RUN_DIR/backbone.pt and summary.json; returns the summary."""
     cfg = run.cfg
     if last is None:  # resumed a finished run: nothing trained, report the stored numbers
-        last = read_metrics(run.run_dir)[-1]
-        if "knn_top1" not in last:
+        if not run.metrics:
+            raise DataError(f"{run.run_dir}'s checkpoint records no finished epoch; start the run again")
+        last = dict(run.metrics[-1])
+        if last.get("knn_top1") is None:
             last["knn_top1"] = knn(run) if run.has_labels else None
     summary = {
         "method": cfg.method,
@@ -274,9 +296,9 @@ def finish(run: Run, last: dict | None) -> dict:
         "run_dir": str(run.run_dir),
         **peak_memory(run.device),
     }
-    if is_main():
-        torch.save(checkpoint.plain_keys(run.method.backbone.state_dict()), run.run_dir / "backbone.pt")
-        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if is_main():  # durable like the checkpoints: a full disk here leaves no torn file
+        checkpoint.save(run.run_dir / "backbone.pt", checkpoint.plain_keys(run.method.backbone.state_dict()))
+        checkpoint.write_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     barrier()
     return summary
 
@@ -321,12 +343,10 @@ def setup(
             f"--batch-size {cfg.batch_size} is the global batch and must divide by the {world} processes; "
             f"use a multiple of {world}"
         )
-    ckpt_path = run_dir / checkpoint.CHECKPOINT
-    if cfg.resume and not ckpt_path.exists():
-        raise TrainingError(
-            f"--resume: no {checkpoint.CHECKPOINT} in {run_dir}; start without --resume or give the right --run-dir"
-        )
-    if not cfg.resume and ckpt_path.exists():
+    held = checkpoint.has_checkpoint(run_dir)
+    if cfg.resume and not held:
+        raise TrainingError(f"--resume: no checkpoint in {run_dir}; start without --resume or give the right --run-dir")
+    if not cfg.resume and held:
         raise TrainingError(f"{run_dir} already holds a run; add --resume to continue it or choose another --run-dir")
 
     device = resolve_device(cfg.device)
@@ -339,7 +359,7 @@ def setup(
         try:
             run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad data or options leave no empty run dir behind
         except OSError as e:
-            raise TrainingError(checkpoint._cannot_write(run_dir, e)) from None
+            raise TrainingError(checkpoint.cannot_write(run_dir, e)) from None
     train_set, bank_set, test_set = train_set.to(device), bank_set.to(device), test_set.to(device)
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -388,10 +408,13 @@ def run_record(run_dir: Path, device: torch.device, bf16: bool) -> dict:
     """run.json: what started the run; a resume adds its own record under "resumed" and keeps the first."""
     now = run_metadata(device, bf16)
     try:
-        first = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+        first = json.loads((run_dir / "run.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
         return now
-    return {**first, "resumed": [*first.get("resumed", []), now]}
+    if not isinstance(first, dict):
+        return now
+    resumed: list = first["resumed"] if isinstance(first.get("resumed"), list) else []
+    return {**first, "resumed": [*resumed, now]}
 
 
 def default_run_dir(cfg: Config) -> str:
@@ -460,26 +483,32 @@ def resume(run: Run, state: dict) -> None:
     try:
         run.method.load_state_dict(checkpoint.plain_keys(state["model"]))
         run.optimizer.load_state_dict(state["optimizer"])
-        run.targets.load_state_dict(state["memory"])
-    except (RuntimeError, ValueError, KeyError) as e:
+        run.targets.load_state_dict(state.get("memory"))
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
         changed = config_changes(state.get("config") or {}, run.cfg)
         raise TrainingError(
             f"{run.run_dir / checkpoint.CHECKPOINT} does not match this configuration ("
-            + (f"changed: {changed}" if changed else str(e).splitlines()[0])
+            + (f"changed: {changed}" if changed else (str(e).splitlines() or [type(e).__name__])[0])
             + "); resume with the run's own options"
         ) from None
-    run.gen.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
-    rng = state.get("rng") or {}
-    if "cpu" in rng:
-        torch.set_rng_state(rng["cpu"])
-    if rng.get("cuda") and run.device.type == "cuda" and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    run.start_epoch, run.train_seconds, run.knn_random = (
-        state["epoch"],
-        state["train_seconds"],
-        state["knn_random_init"],
-    )
-    run.metrics = state.get("metrics") or [m for m in read_metrics(run.run_dir) if m["epoch"] <= state["epoch"]]
+    _check_place(run, state)
+    try:
+        run.gen.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
+        rng = state.get("rng") or {}
+        if "cpu" in rng:
+            torch.set_rng_state(rng["cpu"])
+        if rng.get("cuda") and run.device.type == "cuda" and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise DataError(
+            f"the random generator states in {run.run_dir}'s checkpoint are damaged ({type(e).__name__}); "
+            "resume from an older checkpoint or retrain"
+        ) from None
+    run.start_epoch = state["epoch"]
+    run.train_seconds = float(state.get("train_seconds") or 0.0)
+    run.knn_random = state.get("knn_random_init")
+    run.metrics = state.get("metrics") or read_metrics(run.run_dir)
+    run.metrics = [m for m in run.metrics if m["epoch"] <= state["epoch"]]
     if state.get("step"):
         run.partial = {"step": state["step"], "order": state["order"], **state["partial"]}
     if is_main():  # the lines of the epochs the checkpoint holds, none after them
@@ -487,6 +516,26 @@ def resume(run: Run, state: dict) -> None:
         checkpoint.write_atomic(run.run_dir / "metrics.jsonl", lines)
     where = f"epoch {run.start_epoch + 1}, step {state['step']}" if state.get("step") else f"epoch {run.start_epoch}"
     log(f"resumed {run.run_dir} at {where} of {run.cfg.epochs}")
+
+
+def _check_place(run: Run, state: dict) -> None:
+    """The checkpoint's place fits this run: its epoch within --epochs' reach, its step within an
+    epoch, its data order a permutation of this run's training images, its metrics lines valid."""
+    bad = None
+    epoch, step, n = state["epoch"], state.get("step", 0), len(run.train_set)
+    if step >= run.steps_per_epoch:
+        bad = f"step {step} of an epoch of {run.steps_per_epoch} steps"
+    elif step and not (state["order"].shape == (n,) and torch.equal(state["order"].sort().values, torch.arange(n))):
+        bad = f"a data order that is not one of the {n} training images"
+    elif not all(valid_metrics_row(m) for m in state.get("metrics") or []):
+        bad = "a metrics line that is not one"
+    elif any(not isinstance(v, (int, float)) for v in (state.get("partial") or {}).values() if not torch.is_tensor(v)):
+        bad = "partial sums that are not numbers"
+    if bad:
+        raise DataError(
+            f"the checkpoint in {run.run_dir} (epoch {epoch}, step {step}) holds {bad}; "
+            "resume from an older checkpoint or with the run's own data and options"
+        )
 
 
 _NOT_THE_MODEL = {
