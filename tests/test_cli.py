@@ -30,8 +30,8 @@ def assert_one_line_error(res, *needles):
     "args,needles",
     [
         (["--dataset", "folder", "--data-dir", "/nonexistent/images"], ["/nonexistent/images", "does not exist"]),
-        (["--batch-size", "0"], ["--batch-size", "positive"]),
-        (["--batch-size", "-4"], ["--batch-size", "positive"]),
+        (["--batch-size", "0"], ["--batch-size", "at least 2", "BatchNorm"]),
+        (["--batch-size", "-4"], ["--batch-size", "at least 2"]),
         (["--lr", "nan"], ["--lr"]),
         (["--preset", "nope"], ["unknown preset", "cifar10"]),
         (["--arch", "vgg"], ["--arch", "did you mean vgg19", "list_models"]),

@@ -57,6 +57,16 @@ def test_every_preset_is_valid():
         {"proj_layers": 4},
         {"crop_scale": (0.5, 0.2)},
         {"load_size": 200},  # stored below the 224 px crop
+        {"batch_size": 1},  # BatchNorm needs two images
+        {"seed": 2**64},  # beyond torch.manual_seed's range
+        {"crop_ratio": (1.3, 0.7)},
+        {"blur_sigma": (2.0, 0.1)},
+        {"jitter": (0.4, 0.4, 0.4, 0.6)},  # hue above 0.5
+        {"jitter": (-0.1, 0.4, 0.4, 0.1)},
+        {"device": "foo"},
+        {"momentum": -1.0},
+        {"weight_decay": -1.0},
+        {"std": (0.2, 0.0, 0.2)},
     ],
 )
 def test_bad_values_fail(bad):

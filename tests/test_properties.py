@@ -6,6 +6,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 import tempfile
 import typing
 import warnings
@@ -237,3 +238,119 @@ def test_cli_refuses_a_huge_image_size_in_one_line(tmp_path):
     res = run_cli("train", "--image-size", "100000", cwd=tmp_path)
     assert_one_line_error(res, "--image-size 100000", "limit of 4096 px")
     assert res.returncode == 2 and not (tmp_path / "runs").exists()
+
+
+# --- every command's options through the real CLI, in-process ---------------------------------------
+
+MISSING = "/nonexistent/simsiam-fuzz"  # the source / data of every command: after the checks, a DataError
+INT_TEXT = st.sampled_from(
+    ["0", "1", "2", "-1", "-3", str(2**63), str(2**64 - 1), str(2**64), str(-(2**63) - 1), str(10**30), "2.5", "x"]
+) | st.integers().map(str)
+FLOAT_TEXT = st.sampled_from(
+    ["0", "-0", "nan", "inf", "-inf", "1e999", "-1e-9", "1e-300", "0.5", "x"]
+) | st.floats().map(repr)
+DEVICE_TEXT = st.sampled_from(
+    ["auto", "cpu", "cuda", "cuda:0", "cuda:99", "mps", "foo", "cuda:x", "CPU", "", "cuda:-1", "meta", "cpu\n"]
+) | st.text(max_size=6).filter(lambda s: "\0" not in s)
+FLAG = st.just(None)  # a switch: given or not
+
+
+def _train_values(name: str):
+    if name == "device":
+        return DEVICE_TEXT
+    if typing.get_origin(HINTS[name]) is tuple:
+        return st.lists(
+            FLOAT_TEXT, min_size=len(typing.get_args(HINTS[name])), max_size=len(typing.get_args(HINTS[name]))
+        )
+    return _flag_values(name)
+
+
+TUPLES = [n for n in FIELDS if typing.get_origin(HINTS[n]) is tuple]
+COMMANDS = {
+    "train": (
+        ["train", "--data-dir", MISSING],
+        {f"--{n.replace('_', '-')}": _train_values(n) for n in [*CLI_FIELDS, *TUPLES, "device"]},
+    ),
+    "eval knn": (["eval", "knn", MISSING], {"--k": INT_TEXT, "--t": FLOAT_TEXT, "--device": DEVICE_TEXT}),
+    "eval linear": (
+        ["eval", "linear", MISSING],
+        {
+            "--epochs": INT_TEXT,
+            "--batch-size": INT_TEXT,
+            "--lr": FLOAT_TEXT,
+            "--seed": INT_TEXT,
+            "--device": DEVICE_TEXT,
+            "--fast": FLAG,
+        },
+    ),
+    "export": (
+        ["export", MISSING, "--out", "b.safetensors"],
+        {"--format": st.sampled_from(["safetensors", "onnx", "x"])},
+    ),
+    "embed": (
+        ["embed", MISSING, "--data-dir", MISSING, "--out", "e.npy"],
+        {"--batch-size": INT_TEXT, "--device": DEVICE_TEXT, "--projector": FLAG},
+    ),
+    "reproduce": (
+        ["reproduce", "predictor", "--data-dir", MISSING, "--out", "out"],
+        {
+            "--seeds": INT_TEXT,
+            "--epochs": INT_TEXT,
+            "--device": DEVICE_TEXT,
+            "--check": FLAG,
+            "--scale": st.sampled_from(["cpu", "paper", "x"]),
+        },
+    ),
+    "compare": (
+        ["compare", "simsiam", "byol", "--data-dir", MISSING, "--out", "out"],
+        {
+            "--seeds": INT_TEXT,
+            "--epochs": INT_TEXT,
+            "--device": DEVICE_TEXT,
+            "--set": st.sampled_from(["width=0.5", "x", "lr=-1"]),
+        },
+    ),
+    "report": (["report", MISSING], {"--no-retrieval": FLAG, "--no-embedding-map": FLAG}),
+}
+
+
+@st.composite
+def command_lines(draw) -> list[str]:
+    """A command with a few of its options at random values (odd ones included)."""
+    head, options = COMMANDS[draw(st.sampled_from(list(COMMANDS)))]
+    argv = list(head)
+    for name in draw(st.lists(st.sampled_from(list(options)), min_size=1, max_size=3, unique=True)):
+        value = draw(options[name])
+        argv += [name] if value is None else [name, *value] if isinstance(value, list) else [f"{name}={value}"]
+    return argv
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(argv=command_lines())
+@example(argv=["eval", "knn", MISSING, "--k=0"])  # reported an accuracy
+@example(argv=["embed", MISSING, "--data-dir", MISSING, "--out", "e.npy", "--batch-size=0"])  # a traceback
+@example(argv=["train", "--data-dir", MISSING, "--seed=1180591620717411303424"])  # torch.manual_seed overflow
+@example(argv=["compare", "simsiam", "--data-dir", MISSING, "--device=foo"])
+def test_every_commands_options_are_a_usage_error_a_config_error_or_checked(
+    argv, capsys, tmp_path_factory, monkeypatch
+):
+    """Whatever the values: argparse's usage error (exit 2), or one `simsiam: error:` line, naming
+    an option when a check refused it, else the missing source that the command met next; never
+    an exception out of main()."""
+    monkeypatch.chdir(tmp_path_factory.getbasetemp())
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse: not a value of the option's type, or a missing value
+        assert e.code == 2
+        return
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("simsiam: error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert MISSING in errors[0] or re.search(r"--[a-z]", errors[0]), errors[0]

@@ -2,6 +2,7 @@
 a batch larger than the data, weights of another architecture. Each is one line and exit 2."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 from test_cli import assert_one_line_error, run_cli
 
 from simsiam import build_backbone
+from simsiam.cli import main
 
 from conftest import TINY
 
@@ -41,10 +43,10 @@ def test_bad_numbers_and_choices_are_one_line_errors(args, needles, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_weights_of_another_architecture_are_one_line(tmp_path):
-    """A run directory whose backbone.pt does not fit its config.json (wider network)."""
-    run = tmp_path / "run"
-    run.mkdir()
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished one-epoch run of a tiny model (width 0.125)."""
+    run = tmp_path_factory.mktemp("run") / "r"
     res = run_cli(
         "train",
         "--epochs",
@@ -57,14 +59,30 @@ def test_weights_of_another_architecture_are_one_line(tmp_path):
         "0",
         "--no-knn-random-init",
         "--run-dir",
-        str(run / "r"),
+        str(run),
     )
     assert res.returncode == 0, res.stderr[-2000:]
+    return run
+
+
+def test_weights_of_another_architecture_are_one_line(tiny_run, tmp_path):
+    """A run directory whose backbone.pt does not fit its config.json (wider network)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run / "r")
     torch.save(build_backbone("resnet18", True, 0.25)[0].state_dict(), run / "r" / "backbone.pt")
     for command in (["eval", "knn", str(run / "r")], ["export", str(run / "r"), "--out", str(tmp_path / "b.st")]):
         assert_one_line_error(run_cli(*command), "weights do not fit")
     config = json.loads((run / "r" / "config.json").read_text())
     assert config["width"] == 0.125
+
+
+@pytest.mark.parametrize("bad", [["--k", "0"], ["--t", "0"], ["--k", "-3"]])
+def test_eval_knn_of_a_real_run_refuses_a_bad_k_or_t(tiny_run, bad, capsys):
+    """--k 0 and --t 0 reported an accuracy (11.1%) with exit 0; --k -3 was a traceback."""
+    assert main(["eval", "knn", str(tiny_run), *bad, "--out", str(tiny_run / "bad.json")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"simsiam: error: {bad[0]} must be a positive"), lines
+    assert not (tiny_run / "bad.json").exists()
 
 
 def test_python_api_errors_are_typed(tmp_path):

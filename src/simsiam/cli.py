@@ -13,30 +13,49 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import DEFAULT_PRESET, PRESETS, Config, from_preset
+from .config import DATASETS, DEFAULT_PRESET, PRESETS, Config, from_preset, read_config_file
 from .errors import ConfigError, Interrupted, SimSiamError
 from .methods import METHODS
+from .options import (
+    CompareOptions,
+    EmbedOptions,
+    ExperimentOptions,
+    KnnOptions,
+    LinearOptions,
+    ReproduceOptions,
+)
 from .runtime import log, resolve_device
 
 _HIDDEN = {"preset", "resume"}  # set by --preset / --resume, which get their own help
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    hints = typing.get_type_hints(Config)
-    for f in dataclasses.fields(Config):
-        if f.name in _HIDDEN:
+def _add_options(parser: argparse.ArgumentParser, cls: type, hidden=(), preset_defaults: bool = False) -> None:
+    """One argument per field of the option set `cls` (Config, KnnOptions, ...): its help, its
+    default and its constraint come from the field's declaration. With `preset_defaults` (Config)
+    argparse keeps no default, so that only the options typed override the preset."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in hidden:
             continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         base = args[0] if args and type(None) in typing.get_args(hint) else hint
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{f.metadata['help']} [paper/Config default: {_show(default)}; presets may change it]".replace(
-            "%", "%%"
-        )
-        kw: dict = {"default": argparse.SUPPRESS, "help": help_text}
+        allowed = f.metadata["check"].hint if "check" in f.metadata else ""
+        text = f.metadata["help"].replace("%", "%%")
+        kw: dict
+        if preset_defaults:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            rule = f"{allowed}; " if allowed else ""
+            kw = {
+                "default": argparse.SUPPRESS,
+                "help": f"{text} [{rule}paper/Config default: {_show(default)}; presets may change it]",
+            }
+        else:
+            kw = {"default": f.default, "help": text + (f" [{allowed}]" if allowed else "") + " (default: %(default)s)"}
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            action = argparse.BooleanOptionalAction if preset_defaults else "store_true"
+            parser.add_argument(flag, action=action, **kw)
         elif typing.get_origin(base) is tuple:
             parser.add_argument(flag, type=float, nargs=f.metadata["nargs"], metavar="X", **kw)
         else:
@@ -84,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --run-dir from its last checkpoint, with its saved config "
         "(options given here override it, e.g. --epochs to train longer)",
     )
-    _add_config_options(tr)
+    _add_options(tr, Config, hidden=_HIDDEN, preset_defaults=True)
 
     ev = sub.add_parser("eval", help="evaluate a trained backbone (kNN or linear probe)")
     ev_sub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
@@ -94,29 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_source_and_data(knn)
-    knn.add_argument("--k", type=int, default=200, help="neighbours")
-    knn.add_argument("--t", type=float, default=0.1, help="temperature of the exp(sim/T) votes (the authors used 0.2)")
+    _add_options(knn, KnnOptions)
     lin = ev_sub.add_parser(
         "linear",
         help="linear classifier on frozen pool features (paper App. A protocol)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_source_and_data(lin)
-    lin.add_argument(
-        "--fast",
-        action="store_true",
-        help="features of un-augmented images extracted once (CPU-friendly); default: fresh "
-        "RandomResizedCrop+flip crops every epoch as in the paper",
-    )
-    lin.add_argument("--epochs", type=int, default=90, help="classifier epochs (paper: 90)")
-    lin.add_argument("--batch-size", type=int, default=4096, help="batch (paper: 4096, LARS)")
-    lin.add_argument(
-        "--lr",
-        type=float,
-        default=0.1,
-        help="base lr, scaled by batch/256 (official code 0.1; the paper's text says 0.02)",
-    )
-    lin.add_argument("--seed", type=int, default=0, help="classifier init and data order")
+    _add_options(lin, LinearOptions)
 
     ex = sub.add_parser(
         "export", help="backbone weights as safetensors + a torchvision/timm-loadable state_dict, or as ONNX"
@@ -140,8 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--data-dir", required=True, help="folder of images (any depth)")
     em.add_argument("--out", required=True, metavar="FILE.npy", help="features; paths go to FILE.csv")
     em.add_argument("--projector", action="store_true", help="also projector outputs z to FILE.projector.npy")
-    em.add_argument("--batch-size", type=int, default=256)
-    em.add_argument("--device", default="auto")
+    _add_options(em, EmbedOptions)
 
     from .experiments.reproduce import GROUPS
 
@@ -158,13 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("name", choices=[*GROUPS, "all"], metavar="NAME", help=f"one of: {', '.join(GROUPS)}, all")
     rr.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
     rr.add_argument("--out", default="runs/reproduce", help="where the runs and tables go")
-    rr.add_argument("--seeds", type=int, default=1, help="seeds per variant (mean ± std in the table)")
     rr.add_argument(
         "--check",
         action="store_true",
         help="exit non-zero, naming them, when claims of the paper did not hold by 3 seed stds (needs --seeds 3)",
     )
-    _add_experiment_options(rr)
+    _add_experiment_options(rr, ReproduceOptions)
 
     cp = sub.add_parser(
         "compare",
@@ -183,13 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="cpu: digits, 10 epochs each; paper: ImageNet ResNet-50, 100 epochs (GPUs, --data-dir)",
     )
     cp.add_argument("--out", default="runs/compare", help="where the runs and the table go")
-    cp.add_argument("--seeds", type=int, default=1, help="seeds per method (mean ± std, gaps to SimSiam in sd)")
     cp.add_argument(
         "--own-augmentation",
         action="store_true",
         help="each method with its own augmentation defaults (e.g. BYOL's solarize) instead of SimSiam's",
     )
-    _add_experiment_options(cp)
+    _add_experiment_options(cp, CompareOptions)
 
     rp = sub.add_parser("report", help="plots and a Markdown summary of a run, in RUN_DIR/report/")
     rp.add_argument("run_dir", metavar="RUN_DIR")
@@ -198,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_experiment_options(p: argparse.ArgumentParser) -> None:
+def _add_experiment_options(p: argparse.ArgumentParser, options: type[ExperimentOptions]) -> None:
+    _add_options(p, options)
     p.add_argument(
         "--fresh",
         action="store_true",
@@ -206,9 +208,7 @@ def _add_experiment_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--preset", help="base preset instead of the scale's (digits at cpu, imagenet at paper)")
     p.add_argument("--data-dir", help="data for every run (a folder or a torchvision copy)")
-    p.add_argument("--dataset", choices=["digits", "folder", "cifar10", "cifar100", "stl10"])
-    p.add_argument("--epochs", type=int, help="override the scale's epochs")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--dataset", choices=DATASETS)
     p.add_argument(
         "--set",
         action="append",
@@ -218,19 +218,23 @@ def _add_experiment_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _experiment_overrides(args) -> dict:
-    """The config overrides that `reproduce` and `compare` apply to every run."""
-    if args.epochs is not None and args.epochs <= 0:
-        raise ConfigError("--epochs must be positive")
+def _experiment_overrides(args, options: type[ExperimentOptions]) -> dict:
+    """The config overrides that `reproduce` and `compare` apply to every run; the options are
+    checked, and --data-dir found, before anything trains."""
+    from .data.datasets import require_folder
+
+    checked = options.from_args(args)
     if args.scale == "paper" and not args.data_dir and args.dataset in (None, "folder"):
         raise ConfigError("--scale paper trains on ImageNet: give --data-dir DIR (train/ and val/ class folders)")
+    if args.data_dir:
+        require_folder(args.data_dir, "give --data-dir a folder of images (sub-folders = classes) or a dataset copy")
     common = {
         k: v
         for k, v in [
             ("data_dir", args.data_dir),
             ("dataset", args.dataset or ("folder" if args.data_dir else None)),
-            ("epochs", args.epochs),
-            ("device", args.device),
+            ("epochs", checked.epochs),
+            ("device", checked.device),
         ]
         if v is not None
     }
@@ -254,11 +258,10 @@ def _add_source_and_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="evaluate on this ImageFolder tree (default: the run's own data)")
     p.add_argument(
         "--dataset",
-        choices=["digits", "folder", "cifar10", "cifar100", "stl10"],
+        choices=DATASETS,
         help="evaluate on this dataset (default: the run's)",
     )
     p.add_argument("--out", metavar="FILE.json", help="where the result goes (default: beside the source)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
 def config_from_args(ns: argparse.Namespace) -> Config:
@@ -270,13 +273,9 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         saved = Path(given["run_dir"]) / "config.json"
         if not saved.exists():
             raise ConfigError(f"--resume: {saved} not found; is --run-dir the directory of an earlier run?")
-        return Config.from_dict({**json.loads(saved.read_text()), **given})
+        return Config.from_dict({**read_config_file(saved, "--resume: config file"), **given})
     if "config" in ns:
-        try:
-            base = json.loads(Path(ns.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read --config {ns.config}: {e}") from None
-        return Config.from_dict({**base, **given})
+        return Config.from_dict({**read_config_file(ns.config, "--config"), **given})
     preset = getattr(ns, "preset", "folder" if "data_dir" in given else DEFAULT_PRESET)  # --data-dir alone: photos
     if preset == "folder" and "image_size" not in given and given.get("data_dir"):
         given = {**_follow_the_images(given["data_dir"], given), **given}
@@ -318,9 +317,7 @@ def _eval(args) -> None:
     from .evaluate import evaluate
     from .runtime import process_group
 
-    options = dict(k=args.k, t=args.t) if args.protocol == "knn" else {}
-    if args.protocol == "linear":
-        options = dict(fast=args.fast, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    options = dataclasses.asdict((KnnOptions if args.protocol == "knn" else LinearOptions).from_args(args))
     with process_group(args.device):  # under torchrun every process extracts a share of the features
         res = evaluate(
             args.source,
@@ -328,7 +325,6 @@ def _eval(args) -> None:
             data_dir=args.data_dir,
             dataset=args.dataset,
             out=args.out,
-            device=args.device,
             **options,
         )
     top5 = f", top-5 {100 * res['top5']:.2f}%" if "top5" in res else ""
@@ -351,13 +347,14 @@ def _export(args) -> None:
 def _embed(args) -> None:
     from .export import embed_folder
 
+    options = EmbedOptions.from_args(args)
     res = embed_folder(
         args.source,
         args.data_dir,
         args.out,
-        batch_size=args.batch_size,
+        batch_size=options.batch_size,
         projector=args.projector,
-        device=resolve_device(args.device),
+        device=resolve_device(options.device),
     )
     skipped = f" ({res['num_skipped']} unreadable files skipped)" if res["num_skipped"] else ""
     log(f"{res['num_images']} x {res['dim']} features -> {res['features']}, paths -> {res['paths']}{skipped}")
@@ -376,7 +373,7 @@ def _reproduce(args) -> None:
         log=log,
         fresh=args.fresh,
         check=args.check,
-        **_experiment_overrides(args),
+        **_experiment_overrides(args, ReproduceOptions),
     )
 
 
@@ -392,7 +389,7 @@ def _compare(args) -> None:
         log=log,
         fresh=args.fresh,
         seeds=args.seeds,
-        **_experiment_overrides(args),
+        **_experiment_overrides(args, CompareOptions),
     )
     log((Path(args.out) / "comparison.md").read_text() + f"plot: {Path(args.out) / 'knn.png'}")
 

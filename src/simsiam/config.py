@@ -8,21 +8,37 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 from .backbones import check_arch
 from .errors import ConfigError
 from .methods import METHODS
+from .options import (
+    COUNT,
+    DEVICE,
+    POSITIVE,
+    POSITIVE_INT,
+    PROBABILITY,
+    SEED,
+    Choice,
+    Each,
+    Int,
+    Pair,
+    Pattern,
+    Range,
+    check_fields,
+)
+from .options import opt as _opt
 
 # Largest --image-size / --load-size / --small-crop-size: a batch of 256 images of 4096 px is 13 GB
 # as uint8 already; anything larger is a typo that would otherwise try to allocate terabytes.
 MAX_IMAGE_SIZE = 4096
-
-
-def _opt(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+IMAGE_SIZE = Int(gt=0, limit=MAX_IMAGE_SIZE, unit=" px")
+DATASETS = ("digits", "folder", "cifar10", "cifar100", "stl10")
+# torchvision's ColorJitter: brightness, contrast, saturation >= 0, hue in [0, 0.5]
+JITTER = Each((Range(ge=0),) * 3 + (Range(ge=0, le=0.5),), ("brightness", "contrast", "saturation", "hue"))
 
 
 @dataclass
@@ -32,11 +48,13 @@ class Config:
         "simsiam",
         f"self-supervised method: {' | '.join(METHODS)} (each sets its own defaults, "
         "e.g. simclr: no predictor, no stop-gradient; options you give override them)",
+        check=Choice(METHODS),
     )
     dataset: str = _opt(
         "digits",
         "digits (embedded, no download) | cifar10 | cifar100 | stl10 (torchvision: "
         "--data-dir holds a copy, else downloaded) | folder (images in --data-dir)",
+        check=Choice(DATASETS),
     )
     data_dir: str | None = _opt(
         None,
@@ -48,20 +66,24 @@ class Config:
         "auto",
         "memory: decode the images once into a uint8 tensor on the device (cached); stream: "
         "DataLoader workers decode each batch from disk; auto: stream only beyond --memory-budget-gb",
+        check=Choice(("auto", "memory", "stream")),
     )
-    memory_budget_gb: float = _opt(8.0, "with --placement auto: largest decoded dataset kept in memory")
-    workers: int = _opt(2, "DataLoader workers that decode files in --placement stream")
+    memory_budget_gb: float = _opt(8.0, "with --placement auto: largest decoded dataset kept in memory", check=POSITIVE)
+    workers: int = _opt(2, "DataLoader workers that decode files in --placement stream", check=COUNT)
     cache: bool = _opt(True, "cache decoded folders as .npy (keyed by file list, sizes, mtimes) for fast reloads")
     cache_dir: str | None = _opt(None, "decode cache and downloads (default $SIMSIAM_CACHE or ~/.cache/simsiam)")
-    image_size: int = _opt(224, "size of the augmented crops fed to the network")
+    image_size: int = _opt(224, "size of the augmented crops fed to the network", check=IMAGE_SIZE)
     load_size: int = _opt(
         0,
         "size the images are decoded and stored at (shorter side, centre square); training crops "
         "are drawn from it and evaluation centre-crops --image-size out of it, as torchvision's "
         "Resize(load) + CenterCrop(image) (imagenet preset: 256); 0 = --image-size",
+        check=Int(ge=0, limit=MAX_IMAGE_SIZE, unit=" px"),
     )
-    subset: int | None = _opt(None, "train on N random training images (quick trials)")
-    holdout: float = _opt(0.2, "fraction of the images held out as kNN queries when the data has no test split")
+    subset: int | None = _opt(None, "train on N random training images (quick trials)", check=POSITIVE_INT)
+    holdout: float = _opt(
+        0.2, "fraction of the images held out as kNN queries when the data has no test split", check=Range(gt=0, lt=1)
+    )
     # --- the network (paper Sec. 3 and App. D)
     arch: str = _opt(
         "resnet50",
@@ -70,11 +92,11 @@ class Config:
         'removed) or timm:NAME (pip install "simsiam[timm]"); all untrained',
     )
     cifar_stem: bool = _opt(False, "ResNets: CIFAR stem, conv1 3x3 stride 1 and no max-pool (paper App. D)")
-    width: float = _opt(1.0, "ResNets: channel multiplier; 1.0 = standard, 0.25 for CPU-scale runs")
-    proj_layers: int = _opt(3, "projector MLP layers: 3 on ImageNet, 2 on CIFAR (paper App. D)")
-    proj_hidden: int = _opt(2048, "projector hidden width ('the hidden fc is 2048-d', Sec. 3)")
-    dim: int = _opt(2048, "output dimension d of the projector and of the predictor")
-    pred_dim: int = _opt(512, "predictor bottleneck width (512 for d = 2048, Sec. 3)")
+    width: float = _opt(1.0, "ResNets: channel multiplier; 1.0 = standard, 0.25 for CPU-scale runs", check=POSITIVE)
+    proj_layers: int = _opt(3, "projector MLP layers: 3 on ImageNet, 2 on CIFAR (paper App. D)", check=Choice((2, 3)))
+    proj_hidden: int = _opt(2048, "projector hidden width ('the hidden fc is 2048-d', Sec. 3)", check=POSITIVE_INT)
+    dim: int = _opt(2048, "output dimension d of the projector and of the predictor", check=POSITIVE_INT)
+    pred_dim: int = _opt(512, "predictor bottleneck width (512 for d = 2048, Sec. 3)", check=POSITIVE_INT)
     stop_gradient: bool = _opt(True, "stop-gradient on the target z; off collapses (paper Fig. 2)")
     predictor: bool = _opt(True, "predictor MLP h; off collapses (paper Table 1a)")
     fixed_predictor: bool = _opt(False, "keep the predictor at its random init, never updated (paper Table 1b: 1.5%)")
@@ -83,111 +105,156 @@ class Config:
         "BN in the MLP heads (paper Table 3): none | hidden (hidden layers only) | default "
         "(hidden + projector output) | all (also the predictor output: unstable); mocov2: none is "
         "MoCo v2's own projector",
+        check=Choice(("none", "hidden", "default", "all")),
     )
     similarity: str = _opt(
-        "cosine", "D(p, z): cosine (Eq. 1) | cross-entropy (softmax over channels, Sec. 4.5: 63.2 vs 68.1)"
+        "cosine",
+        "D(p, z): cosine (Eq. 1) | cross-entropy (softmax over channels, Sec. 4.5: 63.2 vs 68.1)",
+        check=Choice(("cosine", "cross-entropy")),
     )
     symmetry: str = _opt(
         "sym",
         "loss terms (Sec. 4.6): sym (Eq. 2) | asym: D(p1, sg(z2)) only | asym2x: asym on two "
         "augmentation pairs per image (same predictions per image as sym)",
+        check=Choice(("sym", "asym", "asym2x")),
     )
     alternation: str = _opt(
         "off",
         "Sec. 5.2 k-step alternation: off (SimSiam) | K: targets eta = f(T'(x)) from the frozen "
         "encoder, pre-computed for the next K steps, then K SGD steps against them | epoch",
+        check=Pattern("off|epoch|0*[1-9][0-9]*", "off, epoch or a positive number of steps"),
     )
     target_memory: bool = _opt(
         False,
         "Sec. 5.2 expectation over augmentations: one target eta_x per training image, a "
         "moving average of f(T'(x)); use with --no-predictor (paper: 55.0%, no collapse)",
     )
-    memory_momentum: float = _opt(0.8, "m in eta_x <- m eta_x + (1 - m) f(T'(x)) for --target-memory (paper: 0.8)")
+    memory_momentum: float = _opt(
+        0.8, "m in eta_x <- m eta_x + (1 - m) f(T'(x)) for --target-memory (paper: 0.8)", check=Range(ge=0, lt=1)
+    )
     # --- optimisation (official code defaults for ImageNet)
-    epochs: int = _opt(100, "training epochs")
+    epochs: int = _opt(100, "training epochs", check=POSITIVE_INT)
     batch_size: int = _opt(
         512,
         "images per step (each gives two views), over all processes: under torchrun each of the W processes "
         "takes batch/W (the paper's 512 is the total over 8 GPUs)",
+        check=Int(ge=2, why="BatchNorm needs two images per step for its batch statistics"),
     )
-    lr: float = _opt(0.05, "base learning rate; the SGD lr is lr x batch_size / 256")
-    momentum: float = _opt(0.9, "SGD momentum")
-    weight_decay: float = _opt(1e-4, "weight decay on every parameter, BN included (paper Sec. 3)")
+    lr: float = _opt(0.05, "base learning rate; the SGD lr is lr x batch_size / 256", check=POSITIVE)
+    momentum: float = _opt(0.9, "SGD momentum", check=Range(ge=0, lt=1))
+    weight_decay: float = _opt(1e-4, "weight decay on every parameter, BN included (paper Sec. 3)", check=Range(ge=0))
     fix_pred_lr: bool = _opt(True, "keep the predictor's lr at the initial value (paper Table 1c: 68.1 vs 67.7)")
-    schedule: str = _opt("epoch", "cosine decay applied per 'epoch' (official code) or per 'step'")
+    schedule: str = _opt(
+        "epoch", "cosine decay applied per 'epoch' (official code) or per 'step'", check=Choice(("epoch", "step"))
+    )
     warmup_epochs: int = _opt(
         0,
         "linear lr warm-up epochs before the cosine (paper: 10 for batch >= 1024 and for the no-BN heads; 0 otherwise)",
+        check=COUNT,
     )
     # --- augmentation (paper Sec. 3, MoCo v2 recipe); applied per sample on the device
-    crop_scale: tuple[float, float] = _opt((0.2, 1.0), "RandomResizedCrop area fraction range", nargs=2)
-    crop_ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range", nargs=2)
-    hflip: float = _opt(0.5, "horizontal flip probability (0 for digits: they are not flip-invariant)")
-    jitter: tuple[float, float, float, float] = _opt(
-        (0.4, 0.4, 0.4, 0.1), "ColorJitter brightness contrast saturation hue", nargs=4
+    crop_scale: tuple[float, float] = _opt(
+        (0.2, 1.0), "RandomResizedCrop area fraction range", check=Pair(gt=0, le=1), nargs=2
     )
-    jitter_p: float = _opt(0.8, "probability of colour jitter")
-    gray_p: float = _opt(0.2, "probability of grayscale")
-    blur_p: float = _opt(0.5, "probability of Gaussian blur (0 for 32x32 inputs, paper App. D)")
-    blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "Gaussian blur sigma range", nargs=2)
-    solarize_p: float = _opt(0.0, "probability of solarize (threshold 0.5); 0 for SimSiam, used by the baselines")
-    mean: tuple[float, float, float] = _opt((0.485, 0.456, 0.406), "normalisation mean", nargs=3)
-    std: tuple[float, float, float] = _opt((0.229, 0.224, 0.225), "normalisation std", nargs=3)
+    crop_ratio: tuple[float, float] = _opt(
+        (3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range", check=Pair(gt=0), nargs=2
+    )
+    hflip: float = _opt(
+        0.5, "horizontal flip probability (0 for digits: they are not flip-invariant)", check=PROBABILITY
+    )
+    jitter: tuple[float, float, float, float] = _opt(
+        (0.4, 0.4, 0.4, 0.1),
+        "ColorJitter brightness contrast saturation hue",
+        check=JITTER,
+        nargs=4,
+    )
+    jitter_p: float = _opt(0.8, "probability of colour jitter", check=PROBABILITY)
+    gray_p: float = _opt(0.2, "probability of grayscale", check=PROBABILITY)
+    blur_p: float = _opt(0.5, "probability of Gaussian blur (0 for 32x32 inputs, paper App. D)", check=PROBABILITY)
+    blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "Gaussian blur sigma range", check=Pair(gt=0), nargs=2)
+    solarize_p: float = _opt(
+        0.0, "probability of solarize (threshold 0.5); 0 for SimSiam, used by the baselines", check=PROBABILITY
+    )
+    mean: tuple[float, float, float] = _opt(
+        (0.485, 0.456, 0.406), "normalisation mean", check=Each((Range(),) * 3), nargs=3
+    )
+    std: tuple[float, float, float] = _opt(
+        (0.229, 0.224, 0.225), "normalisation std", check=Each((POSITIVE,) * 3, why="it divides the images"), nargs=3
+    )
     # --- baselines (simclr, byol, swav, mocov2: paper Sec. 6, DESIGN.md Sec. 4); unused by simsiam
     temperature: float = _opt(
         0.1,
         "SimCLR NT-Xent, SwAV softmax and MoCo v2 InfoNCE temperature (each method sets its own: "
         "simclr 0.2, swav 0.1, mocov2 0.2)",
+        check=POSITIVE,
     )
     ema_tau: float = _opt(
         0.99,
         "BYOL: base EMA rate of the target encoder, raised to 1 by a cosine over the steps "
         "(BYOL: 0.996 on ImageNet, 0.99 on CIFAR); mocov2: the key encoder's momentum m, constant "
         "(MoCo: 0.999 on ImageNet, 0.99 on CIFAR)",
+        check=Range(ge=0, le=1),
     )
     prototypes: int = _opt(
         3000,
         "SwAV: number of prototypes K (l2-normalised, no bias); SwAV's 3000 is for ImageNet, "
         "a few hundred suit 10-100 classes (digits preset: 100)",
+        check=POSITIVE_INT,
     )
-    sinkhorn_iters: int = _opt(3, "SwAV: Sinkhorn-Knopp iterations")
-    sinkhorn_eps: float = _opt(0.05, "SwAV: Sinkhorn-Knopp epsilon (entropy regularisation)")
-    freeze_prototypes_epochs: int = _opt(1, "SwAV: prototypes get no update during the first N epochs")
+    sinkhorn_iters: int = _opt(3, "SwAV: Sinkhorn-Knopp iterations", check=POSITIVE_INT)
+    sinkhorn_eps: float = _opt(0.05, "SwAV: Sinkhorn-Knopp epsilon (entropy regularisation)", check=POSITIVE)
+    freeze_prototypes_epochs: int = _opt(1, "SwAV: prototypes get no update during the first N epochs", check=COUNT)
     queue_size: int = _opt(
         0,
         "SwAV: queue of past projections used in Sinkhorn (0 = off); mocov2: the queue of negative keys, "
         "at least 2 x --batch-size (its default 4096; MoCo v2: 65536 on ImageNet)",
+        check=COUNT,
     )
-    queue_start_epoch: int = _opt(0, "SwAV: epoch from which the queue is used")
-    small_crops: int = _opt(0, "multi-crop: number of extra small views (SwAV: 6); 0 = two views only")
+    queue_start_epoch: int = _opt(0, "SwAV: epoch from which the queue is used", check=COUNT)
+    small_crops: int = _opt(0, "multi-crop: number of extra small views (SwAV: 6); 0 = two views only", check=COUNT)
     small_crop_size: int = _opt(
         96,
         "multi-crop: size of the small views, below --image-size (SwAV: 96 for 224 px; "
         "18 for 32 px with --small-crop-scale 0.08 0.5; digits preset: 8)",
+        check=IMAGE_SIZE,
     )
     small_crop_scale: tuple[float, float] = _opt(
-        (0.05, 0.14), "multi-crop: area fraction range of the small views", nargs=2
+        (0.05, 0.14), "multi-crop: area fraction range of the small views", check=Pair(gt=0, le=1), nargs=2
     )
-    blur_p2: float | None = _opt(None, "blur probability of the second view (BYOL: 0.1); None = same as --blur-p")
+    blur_p2: float | None = _opt(
+        None, "blur probability of the second view (BYOL: 0.1); None = same as --blur-p", check=PROBABILITY
+    )
     solarize_p2: float | None = _opt(
-        None, "solarize probability of the second view (BYOL: 0.2); None = same as --solarize-p"
+        None, "solarize probability of the second view (BYOL: 0.2); None = same as --solarize-p", check=PROBABILITY
     )
     # --- monitoring
-    knn_k: int = _opt(200, "kNN monitor: neighbours")
-    knn_t: float = _opt(0.1, "kNN monitor: temperature of the exp(sim/T) vote weights (the authors used 0.2)")
-    knn_every: int = _opt(10, "run the kNN monitor every N epochs (and always at the end); 0 = only at the end")
+    knn_k: int = _opt(200, "kNN monitor: neighbours", check=POSITIVE_INT)
+    knn_t: float = _opt(
+        0.1, "kNN monitor: temperature of the exp(sim/T) vote weights (the authors used 0.2)", check=POSITIVE
+    )
+    knn_every: int = _opt(
+        10, "run the kNN monitor every N epochs (and always at the end); 0 = only at the end", check=COUNT
+    )
     knn_random_init: bool = _opt(True, "also measure kNN of the backbone at random init, so the gain is visible")
-    collapse_patience: int = _opt(3, "warn 'looks collapsed' after this many epochs in a row under the threshold")
+    collapse_patience: int = _opt(
+        3, "warn 'looks collapsed' after this many epochs in a row under the threshold", check=POSITIVE_INT
+    )
     tensorboard: bool = _opt(False, "also log every scalar to RUN_DIR/tensorboard (needs the tensorboard package)")
     collapse_fraction: float = _opt(
-        0.5, "call the run collapsed when z-std ends under this fraction of 1/sqrt(d) (healthy runs sit near 1.0)"
+        0.5,
+        "call the run collapsed when z-std ends under this fraction of 1/sqrt(d) (healthy runs sit near 1.0)",
+        check=POSITIVE,
     )
     report: bool = _opt(True, "write RUN_DIR/report/ at the end: plots, a retrieval grid, a t-SNE map, summary.md")
     # --- execution
     run_dir: str | None = _opt(None, "where everything of the run goes (default runs/<dataset>-<time>)")
-    seed: int = _opt(0, "random seed (data order, augmentation, initialisation)")
-    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = _opt("auto", "auto (bf16 on GPUs and AMX CPUs, else fp32) | fp32 | bf16")
+    seed: int = _opt(0, "random seed (data order, augmentation, initialisation)", check=SEED)
+    device: str = _opt("auto", "auto (a GPU when there is one, else the CPU) | cpu | cuda | cuda:N | mps", check=DEVICE)
+    precision: str = _opt(
+        "auto",
+        "auto (bf16 on GPUs, fp32 on CPUs: see the design notes) | fp32 | bf16",
+        check=Choice(("auto", "fp32", "bf16")),
+    )
     channels_last: bool = _opt(True, "channels-last memory format (faster convolutions)")
     sync_bn: bool = _opt(
         True, "under torchrun: BatchNorm statistics over the global batch (SyncBN, as the official code)"
@@ -196,17 +263,19 @@ class Config:
         False, "torch.compile the training step (faster on GPUs after a warm-up; checkpoints keep plain keys)"
     )
     concat_views: bool = _opt(False, "one forward pass over both views; changes BN statistics, so off (official code)")
-    log_every: int = _opt(10, "steps between progress-bar updates (each one syncs with the device)")
+    log_every: int = _opt(10, "steps between progress-bar updates (each one syncs with the device)", check=POSITIVE_INT)
     resume: bool = _opt(False, "continue from RUN_DIR/checkpoint.pt")
     checkpoint_every: int = _opt(
         0,
         "also write a checkpoint every N steps, so --resume continues mid-epoch (0: at "
         "each epoch's end only; SIGINT and SIGTERM always write one before stopping)",
+        check=COUNT,
     )
     keep_checkpoints: int = _opt(
         2,
         "checkpoints kept (the newest is checkpoint.pt): a torn or corrupt newest one "
         "is detected on --resume and the one before it used",
+        check=Int(ge=1, why="the newest"),
     )
     preset: str | None = _opt(None, "preset the run started from (recorded; set with --preset)")
 
@@ -214,62 +283,11 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
-        positive = [
-            "image_size",
-            "proj_layers",
-            "proj_hidden",
-            "dim",
-            "pred_dim",
-            "epochs",
-            "batch_size",
-            "knn_k",
-            "log_every",
-            "collapse_patience",
-            "prototypes",
-            "sinkhorn_iters",
-            "small_crop_size",
-        ]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}")
-        for name in ["image_size", "load_size", "small_crop_size"]:
-            if (v := getattr(self, name)) > MAX_IMAGE_SIZE:
-                raise ConfigError(f"--{_flag(name)} {v} is above the limit of {MAX_IMAGE_SIZE} px; give a smaller size")
-        if self.keep_checkpoints < 1:
-            raise ConfigError(f"--keep-checkpoints must be at least 1 (the newest), got {self.keep_checkpoints}")
-        if self.subset is not None and self.subset <= 0:
-            raise ConfigError(f"--subset must be a positive number of images, got {self.subset}")
-        for name in ["lr", "width", "knn_t", "collapse_fraction", "memory_budget_gb", "temperature", "sinkhorn_eps"]:
-            v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
-                raise ConfigError(f"--{_flag(name)} must be a positive number, got {v}")
-        for name in ["hflip", "jitter_p", "gray_p", "blur_p", "solarize_p", "blur_p2", "solarize_p2"]:
-            if getattr(self, name) is not None and not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"--{_flag(name)} is a probability in [0, 1], got {getattr(self, name)}")
-        if not 0 < self.holdout < 1:
-            raise ConfigError(f"--holdout must be in (0, 1), got {self.holdout}")
-        if not 0 <= self.memory_momentum < 1:
-            raise ConfigError(f"--memory-momentum must be in [0, 1), got {self.memory_momentum}")
-        if not 0 <= self.ema_tau <= 1:
-            raise ConfigError(f"--ema-tau must be in [0, 1], got {self.ema_tau}")
-        for name in [
-            "warmup_epochs",
-            "queue_size",
-            "queue_start_epoch",
-            "small_crops",
-            "freeze_prototypes_epochs",
-            "checkpoint_every",
-        ]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        check_fields(self)  # each field's own `check=`, in the order declared above
+        # relations between options (not declarations), and what only some methods implement:
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise ConfigError(
                 f"--warmup-epochs {self.warmup_epochs} leaves no epoch for the cosine of --epochs {self.epochs}"
-            )
-        steps = self.alternation.isascii() and self.alternation.isdigit()  # not "²": int() refuses it
-        if self.alternation not in ("off", "epoch") and not (steps and int(self.alternation) > 0):
-            raise ConfigError(
-                f"--alternation must be off, epoch or a positive number of steps, got {self.alternation!r}"
             )
         if self.alternation != "off" and self.target_memory:
             raise ConfigError("--alternation and --target-memory are two different Sec. 5.2 experiments; choose one")
@@ -285,37 +303,8 @@ class Config:
             )
         if self.small_crops and self.small_crop_size >= self.image_size:
             raise ConfigError(f"--small-crop-size {self.small_crop_size} must be below --image-size {self.image_size}")
-        if not 0 < self.small_crop_scale[0] <= self.small_crop_scale[1] <= 1:
-            raise ConfigError(f"--small-crop-scale needs 0 < min <= max <= 1, got {self.small_crop_scale}")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
-        if self.knn_every < 0:
-            raise ConfigError(f"--knn-every must be >= 0, got {self.knn_every}")
-        choices = {
-            "method": list(METHODS),
-            "head_bn": ["none", "hidden", "default", "all"],
-            "similarity": ["cosine", "cross-entropy"],
-            "symmetry": ["sym", "asym", "asym2x"],
-            "dataset": ["digits", "folder", "cifar10", "cifar100", "stl10"],
-            "schedule": ["epoch", "step"],
-            "precision": ["auto", "fp32", "bf16"],
-            "placement": ["auto", "memory", "stream"],
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{_flag(name)} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         by_preset = self.preset in PRESETS and {"cifar_stem", "width"} & set(PRESETS[self.preset])
         check_arch(self.arch, self.cifar_stem, self.width, f" (preset {self.preset} sets them)" if by_preset else "")
-        if self.proj_layers not in (2, 3):
-            raise ConfigError(f"--proj-layers must be 2 or 3, got {self.proj_layers}")
-        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ConfigError(f"--crop-scale needs 0 < min <= max <= 1, got {self.crop_scale}")
-        for f in dataclasses.fields(self):  # the numbers no check above covers: jitter, mean, std, ...
-            v = getattr(self, f.name)
-            if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, tuple) else (v,))):
-                raise ConfigError(f"--{_flag(f.name)} must be a finite number, got {v}")
-        if min(self.std) <= 0:
-            raise ConfigError(f"--std divides the images and must be positive, got {self.std}")
         if self.dataset == "digits" and self.data_dir:
             raise ConfigError(
                 f"--data-dir {self.data_dir} is not read with --dataset digits; add --dataset folder "
@@ -340,8 +329,10 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict) -> Config:
         """Build from a plain dict (JSON); unknown keys and wrong types fail loudly."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config is a JSON object of option: value pairs, not {_json_kind(d)}")
         known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(known))
+        unknown = sorted(map(str, set(d) - set(known)))
         if unknown:
             raise ConfigError(
                 f"unknown config key(s) {', '.join(unknown)}; valid keys are the options of `simsiam train --help`"
@@ -351,10 +342,6 @@ class Config:
 
     def replace(self, **changes) -> Config:
         return Config.from_dict({**self.to_dict(), **changes})
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def _coerce(name, value, hint):
@@ -487,6 +474,32 @@ def _method_defaults(method: str) -> dict:
     return METHODS[method].DEFAULTS if known else {}  # an unknown name fails in validate
 
 
+def read_config_file(path, what: str = "config file") -> dict:
+    """The option: value object of a JSON config file (`--config`, a run's config.json); a file
+    that cannot be read, is not UTF-8 JSON or holds anything but an object is a one-line
+    ConfigError naming it (`what` says which option gave it)."""
+    try:
+        d = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start}); a config is a JSON file") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, an int of over 4300 digits, deep nesting
+        why = str(e).splitlines()[0] if str(e) else "nested too deeply"
+        raise ConfigError(f"{what} {path} is not valid JSON ({why})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what} {path} holds {_json_kind(d)}, not a JSON object of option: value pairs")
+    return d
+
+
+def _json_kind(v) -> str:
+    if v is None or isinstance(v, bool):
+        return json.dumps(v)
+    if isinstance(v, (int, float)):
+        return "a number"
+    kinds: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
+    return kinds.get(type(v), type(v).__name__)
+
+
 def load_json(path) -> Config:
-    with open(path) as f:
-        return Config.from_dict(json.load(f))
+    return Config.from_dict(read_config_file(path))

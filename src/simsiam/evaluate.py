@@ -332,13 +332,16 @@ def evaluate(
     eval_linear.json, eval_linear_fast.json; CKPT.eval_knn.json for a file) or to `out`, and
     returned with its "path"."""
     from .data import labeled_splits
+    from .options import KnnOptions, LinearOptions
     from .runs import load_backbone
     from .runtime import resolve_device
 
     if protocol not in ("knn", "linear"):
         raise ConfigError(f"unknown evaluation protocol {protocol!r}; choose knn or linear")
-    if protocol == "linear" and (epochs <= 0 or batch_size <= 0 or not lr > 0):
-        raise ConfigError("--epochs, --batch-size and --lr must be positive")
+    if protocol == "knn":  # the options' declared checks (`simsiam eval`'s), before anything is read
+        KnnOptions(device=device, k=k, t=t)
+    else:
+        LinearOptions(device=device, fast=fast, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     backbone, cfg = load_backbone(source, resolve_device(device))
     cfg = _data_to_evaluate(cfg, data_dir, dataset)
     train_set, test_set = labeled_splits(cfg)

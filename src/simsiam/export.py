@@ -166,6 +166,11 @@ def embed_folder(
     `out` with suffix `.projector.npy` (needs a run directory with checkpoint.pt)."""
     from tqdm import tqdm
 
+    from .options import EmbedOptions, check_values
+    from .runtime import resolve_device
+
+    check_values(EmbedOptions, batch_size=batch_size)  # `simsiam embed`'s declared checks, before any file
+    device = resolve_device(device) if isinstance(device, str) else device  # "auto", "cuda:1"; a bad name: one line
     paths = list_images(data_dir)  # first: a wrong --data-dir fails before the backbone loads
     backbone, cfg = load_backbone(source, device)
     proj = _load_projector(source, cfg, device) if projector else None

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError
 
 _HELD_LOCKS: set[int] = set()  # file descriptors of the run-directory locks this process holds
 
@@ -127,14 +127,21 @@ def main_first() -> Iterator[None]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> the GPU when there is one (this process's under torchrun), else the CPU; a named
-    GPU that is not there is an error."""
+    """`auto` -> the GPU when there is one (this process's under torchrun), else the CPU; a name
+    that is no device (`options.DEVICE`), or a device that is not there, is a one-line ConfigError."""
+    from .options import DEVICE, check
+
+    check("--device", name, DEVICE)
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
         return torch.device("cuda", torch.cuda.current_device()) if rank_and_world()[1] > 1 else torch.device("cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name} asked for, but no CUDA GPU is visible; use --device cpu")
+        raise ConfigError(f"--device {name} asked for, but no CUDA GPU is visible; use --device cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= (n := torch.cuda.device_count()):
+        raise ConfigError(f"--device {name}: only {n} CUDA GPUs are visible (cuda:0 to cuda:{n - 1})")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps asked for, but this machine has no Apple GPU (MPS); use --device cpu")
     return torch.device(name)
 
 
