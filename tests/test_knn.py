@@ -33,3 +33,17 @@ def test_knn_exact_labels_on_hand_built_bank():
     assert knn_predict(q, bank, labels, 2, k=3, t=0.1).argmax(1).tolist() == [0, 1]
     # k larger than the bank uses the whole bank
     assert knn_predict(q, bank, labels, 2, k=100, t=0.1).shape == (2, 2)
+
+
+def test_a_small_temperature_does_not_overflow_the_votes():
+    """exp(sim / t) overflows float32 below t ~ 0.011 (inf votes, argmax of ties): the same votes
+    up to a factor per query, computed in float64, decide the same labels."""
+    g = torch.Generator().manual_seed(1)
+    bank = F.normalize(torch.randn(300, 16, generator=g), dim=1)
+    q = F.normalize(torch.randn(50, 16, generator=g), dim=1)
+    labels = torch.randint(0, 5, (300,), generator=g)
+    for t in (0.01, 0.002):
+        got = knn_predict(q, bank, labels, 5, k=20, t=t)
+        assert got.isfinite().all()
+        ref = brute_force_knn(q.double().numpy(), bank.double().numpy(), labels.numpy(), 5, 20, t)
+        assert got.argmax(1).tolist() == ref.argmax(1).tolist()

@@ -341,3 +341,24 @@ def test_a_lock_file_planted_as_a_link_is_never_written_through(tmp_path):
     with pytest.raises(TrainingError, match="could not write .*\\.lock"):
         checkpoint.RunLock(tmp_path / "run").__enter__()
     assert victim.read_text() == "precious"
+
+
+def test_eval_reports_a_collapsed_backbone_as_collapsed(tmp_path, capsys):
+    """Every image giving the same feature is a collapse: the accuracy is the class prior's, and the
+    result says so instead of passing it off as a measure of the backbone."""
+    from simsiam.evaluate import evaluate
+
+    train(tiny(tmp_path / "run", epochs=1))
+    healthy = evaluate(tmp_path / "run", "knn", progress=False)
+    assert not healthy["collapsed"] and healthy["feature_spread"] > 0.05
+    weights = torch.load(tmp_path / "run" / "backbone.pt")
+    torch.save(
+        {k: torch.zeros_like(v) if "conv" in k else v for k, v in weights.items()}, tmp_path / "run" / "backbone.pt"
+    )
+    for protocol, fast in [("knn", False), ("linear", True)]:
+        res = evaluate(tmp_path / "run", protocol, fast=fast, progress=False)
+        assert res["collapsed"] and res["feature_spread"] < 1e-3, res
+    capsys.readouterr()
+    assert main(["eval", "knn", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "COLLAPSED" in out and "chance" in out, out

@@ -428,7 +428,7 @@ def load_latest(run_dir: Path, map_location: str | torch.device = "cpu", warn: W
     raise DataError(
         f"no readable checkpoint in {run_dir}"
         + (f" ({'; '.join(problems)})" if problems else "")
-        + "; start the run again without --resume"
+        + "; start the run again in another --run-dir (or delete this one's checkpoint files)"
     )
 
 

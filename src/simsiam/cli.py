@@ -273,7 +273,9 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         saved = Path(given["run_dir"]) / "config.json"
         if not saved.exists():
             raise ConfigError(f"--resume: {saved} not found; is --run-dir the directory of an earlier run?")
-        return Config.from_dict({**read_config_file(saved, "--resume: config file"), **given})
+        saved_cfg = read_config_file(saved, "--resume: config file")
+        saved_cfg.pop("cache_dir", None)  # a run directory does not choose where this machine writes its cache
+        return Config.from_dict({**saved_cfg, **given})
     if "config" in ns:
         return Config.from_dict({**read_config_file(ns.config, "--config"), **given})
     preset = getattr(ns, "preset", "folder" if "data_dir" in given else DEFAULT_PRESET)  # --data-dir alone: photos
@@ -328,10 +330,15 @@ def _eval(args) -> None:
             **options,
         )
     top5 = f", top-5 {100 * res['top5']:.2f}%" if "top5" in res else ""
-    log(
-        f"{res['protocol']} top-1 {100 * res['top1']:.2f}%{top5} ({res.get('num_queries', res.get('num_test'))} "
-        f"test images) -> {res['path']}"
-    )
+    images = res.get("num_queries", res.get("num_test"))
+    if res["collapsed"]:  # the accuracy of identical features is the class prior's: not a measure of anything
+        log(
+            f"{res['protocol']}: COLLAPSED: the backbone gives (almost) the same feature for every image (spread "
+            f"{res['feature_spread']:.1e}); its top-1 {100 * res['top1']:.2f}% on {images} test images is chance, "
+            f"not a measure of the features -> {res['path']}"
+        )
+        return
+    log(f"{res['protocol']} top-1 {100 * res['top1']:.2f}%{top5} ({images} test images) -> {res['path']}")
 
 
 def _export(args) -> None:
