@@ -6,7 +6,7 @@ and kornia's per-sample batched one (when kornia is installed: `pip install "sim
 Recipes: 32 -> CIFAR (32 px in, 32 px out, no blur); 224 -> ImageNet (256 px in, 224 px out, blur).
 torchvision runs the way the official SimSiam code (and lightly) does: a Dataset of decoded PIL
 images whose __getitem__ applies the transform twice, in a DataLoader with 2 workers. Ours runs in
-the main process on batches of uint8 tensors, as train.py does. The two alternate in short windows
+the main process on batches of uint8 tensors, as engine.py does. The two alternate in short windows
 (`--rounds`) and the medians are reported, so a drift in a shared machine's speed hits both.
 Images/s counts source images (each gives two views). For the CIFAR recipe it also measures the
 share of a CPU training step (width-1/4 ResNet-18 SimSiam, batch 256, channels_last) spent

@@ -1,7 +1,7 @@
 """Pipeline efficiency: images/s of simsiam's full training step against the bare step of the
 same model, side by side on one device.
 
-- ours: `simsiam.train.train_one_epoch` itself on a run built by `simsiam.train.setup` (synthetic
+- ours: `simsiam.engine.train_one_epoch` itself on a run built by `simsiam.engine.setup` (synthetic
   uint8 images kept on the device): batched two-view augmentation + forward + backward + SGD +
   the method's hooks and the monitor's device-side sums;
 - bare: forward + backward + SGD of the same model on random normalised tensors that are
@@ -33,10 +33,10 @@ from _common import commit, machine, rate, sync, write_section
 
 from simsiam import PRESETS, Views, from_preset
 from simsiam.data import ImageSet
+from simsiam.engine import setup, train_one_epoch
 from simsiam.monitor import Monitor
 from simsiam.optim import build_optimizer
 from simsiam.runtime import autocast, peak_memory
-from simsiam.train import setup, train_one_epoch
 
 STEPS = 8  # steps per synthetic epoch of ours
 

@@ -22,6 +22,9 @@ same batch.
 
     python benchmarks/vs_lightly.py                       # 3 x 60 s throughput rounds, a 20-minute race
     python benchmarks/vs_lightly.py --minutes 2 --rounds 1 --seconds 20 --no-write   # a quick look
+
+`--lightly-from DIR` takes the `lightly` package in DIR instead (with this Python, nothing
+installed): tests/test_benchmarks.py runs the plumbing with a stand-in, tests/lightly_standin.
 """
 
 from __future__ import annotations
@@ -88,8 +91,8 @@ def ours_worker(args) -> dict:
     import torch
 
     from simsiam import from_preset
+    from simsiam.engine import fit, setup, train_one_epoch
     from simsiam.monitor import Monitor
-    from simsiam.train import fit, setup, train_one_epoch
 
     common = dict(data_dir=str(args.data), proj_layers=3, batch_size=args.batch, knn_random_init=False, report=False)
     run_dir = tempfile.mkdtemp(prefix="vs-lightly-ours-")
@@ -184,8 +187,9 @@ def lightly_worker(args) -> dict:
 
 def worker(side: str, mode: str, args, **extra) -> dict:
     out = Path(tempfile.mkdtemp(prefix="vs-lightly-")) / "result.json"
-    python = lightly_python() if side == "lightly" else Path(sys.executable)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TQDM_DISABLE": "1"}
+    python = lightly_python() if side == "lightly" and not args.lightly_from else Path(sys.executable)
+    path = [str(args.lightly_from.resolve())] if side == "lightly" and args.lightly_from else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(ROOT / "src")]), "TQDM_DISABLE": "1"}
     cmd = [
         str(python),
         __file__,
@@ -235,6 +239,12 @@ def main() -> None:
     )
     p.add_argument("--note", default="")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--lightly-from",
+        type=Path,
+        help="a folder holding a `lightly` package to use instead of installing lightly from PyPI "
+        "(tests: tests/lightly_standin, a stand-in; needs --no-write)",
+    )
     p.add_argument("--worker", choices=["ours", "lightly"], help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=["rate", "race"], help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -245,8 +255,11 @@ def main() -> None:
         args.out.write_text(json.dumps(result))
         return
 
+    if args.lightly_from and not args.no_write:
+        raise SystemExit("--lightly-from gives figures that are not lightly's: add --no-write")
     args.data = args.data or cifar_folder(TARBALL)
-    lightly_python()
+    if not args.lightly_from:
+        lightly_python()
     rates: dict[str, list[float]] = {"ours": [], "lightly": []}
     for r in range(args.rounds):
         for side in ("ours", "lightly"):
@@ -280,9 +293,10 @@ def main() -> None:
         ]
     )
     per_round = ", ".join(f"{x:.2f}" for x in ratios)
+    which = f"the lightly in {args.lightly_from}" if args.lightly_from else f"lightly {LIGHTLY.split('==')[1]}"
     setting = (
         f"CIFAR ResNet-18 x1/4, 3-layer 2048-d projector, predictor 512, batch {args.batch}, fp32, CPU; "
-        f"lightly {LIGHTLY.split('==')[1]} with {args.lightly_workers} DataLoader workers; per-round ratios {per_round}"
+        f"{which} with {args.lightly_workers} DataLoader workers; per-round ratios {per_round}"
     )
     print(f"\n{setting}\n\n{table}")
     if not args.no_write:

@@ -3,7 +3,7 @@ timm models, and modules given from Python; trained a few steps, exported and lo
 
 import json
 import math
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -13,7 +13,6 @@ import torch.nn as nn
 import torchvision
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_cli import assert_one_line_error, run_cli
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from simsiam import ConfigError, fit, from_preset
@@ -22,11 +21,11 @@ from simsiam.cli import main
 from simsiam.export import export_backbone
 from simsiam.runs import load_backbone
 
-from conftest import make_folder
+from conftest import assert_one_line_error, assert_picture, make_folder, simsiam, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # 2 steps of batch 8 on digits (16 px), small heads: seconds per arch on a CPU.
-TINY = dict(subset=16, batch_size=8, epochs=1, dim=32, pred_dim=8, proj_hidden=32, knn_random_init=False)
+TINY = dict(subset=16, batch_size=8, epochs=1, dim=32, pred_dim=8, proj_hidden=32)
 NOT_RESNET = dict(cifar_stem=False, width=1.0)  # the digits preset's ResNet options off
 
 
@@ -144,8 +143,8 @@ def test_bad_arch_is_one_line_at_config_time(options, needles):
     assert all(n in str(e.value) for n in needles) and "\n" not in str(e.value), str(e.value)
 
 
-def test_cli_names_the_problem_and_the_fix():
-    res = run_cli("train", "--arch", "fasterrcnn_resnet50_fpn")
+def test_cli_names_the_problem_and_the_fix(capsys):
+    res = simsiam(capsys, "train", "--arch", "fasterrcnn_resnet50_fpn")
     assert_one_line_error(res, "fasterrcnn_resnet50_fpn", "detection", "torchvision.models.list_models")
 
 
@@ -174,8 +173,8 @@ def trained(tmp_path_factory):
     def get(arch: str) -> Path:
         if arch not in runs:
             run_dir = tmp_path_factory.mktemp("runs") / arch.replace(":", "-")
-            summary = fit(from_preset("digits", arch=arch, run_dir=str(run_dir), **NOT_RESNET, **TINY))
-            assert summary["arch"] == arch and math.isfinite(summary["loss"]) and summary["knn_top1"] > 0
+            summary = fit(tiny_config(run_dir, arch=arch, **NOT_RESNET, **TINY))
+            assert summary["arch"] == arch and math.isfinite(summary["loss"]) and summary["knn_top1"] > 0.1, summary
             runs[arch] = run_dir
         return runs[arch]
 
@@ -209,14 +208,12 @@ def test_eval_embed_and_report_read_a_torchvision_run(trained, tmp_path):
     photos = make_folder(tmp_path / "photos", n=3)
     assert main(["embed", str(run_dir), "--data-dir", str(photos), "--out", str(tmp_path / "e.npy")]) == 0
     assert main(["report", str(run_dir), "--no-embedding-map"]) == 0
-    assert (run_dir / "report" / "retrieval.png").exists()
+    assert_picture(run_dir / "report" / "retrieval.png")
 
 
-def test_custom_backbone_example_runs(tmp_path):
-    script = ROOT / "examples" / "custom_backbone.py"
-    res = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr
-    assert "features (2, 64)" in res.stdout
+def test_custom_backbone_example_runs(tmp_path, monkeypatch, capsys):
+    """`python examples/custom_backbone.py RUN_DIR`, in this process."""
+    monkeypatch.setattr(sys, "argv", ["custom_backbone.py", str(tmp_path / "run")])
+    runpy.run_path(str(ROOT / "examples" / "custom_backbone.py"), run_name="__main__")
+    assert "features (2, 64)" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "config.json").read_text())["arch"] == "custom"

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from test_method import z1_gradient_besides_p1
 
 from simsiam import checkpoint, from_preset, train
-from simsiam.config import Config
 from simsiam.errors import ConfigError
 from simsiam.methods import Views, build_model
 from simsiam.methods.byol import BYOL
@@ -33,8 +32,8 @@ TINY = dict(
     subset=64,
     batch_size=32,
     epochs=1,
-    prototypes=32,
 )
+SWAV = dict(prototypes=32)  # SwAV's own option, for its runs only
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +101,7 @@ def test_simclr_hubs_stop_gradient_blocks_exactly_the_target_path():
 
 
 def test_byol_target_gets_no_gradient_and_follows_the_ema():
-    model = _heads(BYOL, pred_dim=4, tau_base=0.9)
+    model = _heads(BYOL, pred_dim=4, ema_tau=0.9)
     assert all(torch.equal(t, o) for t, o in zip(model.target.parameters(), model.encoder.parameters()))
     assert any(k.startswith("target.") for k in model.state_dict())  # checkpointed with the model
     model(Views(*_x())).loss.backward()
@@ -183,8 +182,8 @@ def test_swav_queue_from_its_start_epoch_and_multicrop():
 def test_swav_prototypes_frozen_by_the_hook(tmp_path):
     """after_backward(epoch) before the real optimizer's step: no update (nor weight decay) while
     epoch < freeze_prototypes_epochs, an update after."""
-    cfg = from_preset("digits", method="swav", **TINY)
-    model = _heads(SwAV, prototypes=5, freeze_epochs=1)
+    cfg = from_preset("digits", method="swav", **TINY, **SWAV)
+    model = _heads(SwAV, prototypes=5, freeze_prototypes_epochs=1)
     opt = build_optimizer(model, cfg)
     for epoch, moves in [(0, False), (1, True)]:
         before = F.normalize(model.prototypes.weight.detach(), dim=1)
@@ -225,7 +224,7 @@ def test_simclr_trains_end_to_end(tmp_path):
 
 def test_swav_trains_end_to_end_with_multicrop_and_queue_prototypes_frozen(tmp_path):
     """freeze_prototypes_epochs = 1, one epoch: the trained prototypes are the (normalised) init."""
-    cfg = from_preset("digits", method="swav", run_dir=str(tmp_path), small_crops=2, queue_size=64, **TINY)
+    cfg = from_preset("digits", method="swav", run_dir=str(tmp_path), small_crops=2, queue_size=64, **TINY, **SWAV)
     torch.manual_seed(cfg.seed)  # as train() does before building the model (data loading draws nothing)
     init = F.normalize(build_model(cfg).prototypes.weight.detach(), dim=1)
     s = train(cfg)
@@ -235,9 +234,21 @@ def test_swav_trains_end_to_end_with_multicrop_and_queue_prototypes_frozen(tmp_p
     torch.testing.assert_close(state["prototypes.weight"], init)
 
 
-def test_byol_resume_restores_the_target(tmp_path, monkeypatch):
-    """Two epochs straight == one epoch, a crash, --resume: the same online and target weights."""
-    cfg = from_preset("digits", method="byol", run_dir=str(tmp_path / "full"), **{**TINY, "epochs": 2})
+STATE = {  # what only the method (or its Sec. 5.2 targets) keeps, and must travel through a resume
+    "byol": dict(method="byol"),  # the target encoder, an EMA
+    "swav-queue": dict(method="swav", queue_size=64, **SWAV),  # past projections, filled from step 1
+    "mocov2": dict(method="mocov2", subset=128, queue_size=96),  # keys and pointer: 64 a step, so it wraps
+    "target-memory": dict(predictor=False, target_memory=True),  # one moving-average eta per image
+}
+
+
+@pytest.mark.parametrize("case", list(STATE))
+def test_method_state_travels_through_a_mid_epoch_resume(case, tmp_path, monkeypatch):
+    """Two epochs straight == a crash right after the first checkpoint (step 1, mid-epoch), then
+    --resume: the same weights, buffers and target memory, bit for bit. The resume mechanisms
+    themselves (kill -9, signals, a torn file, across process counts) are test_reliability's and
+    test_distributed's; this is the state each method adds."""
+    cfg = from_preset("digits", run_dir=str(tmp_path / "full"), **{**TINY, "epochs": 2, **STATE[case]})
     train(cfg)
     real_save = checkpoint.write_checkpoint
 
@@ -246,36 +257,63 @@ def test_byol_resume_restores_the_target(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint, "write_checkpoint", crash_after_first)
+    cut = cfg.replace(run_dir=str(tmp_path / "cut"), checkpoint_every=1)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg.replace(run_dir=str(tmp_path / "cut")))
+        train(cut)
     monkeypatch.setattr(checkpoint, "write_checkpoint", real_save)
-    train(cfg.replace(run_dir=str(tmp_path / "cut"), resume=True))
-    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
-    cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["model"]
-    assert full.keys() == cut.keys() and any(k.startswith("target.") for k in full)
-    for k in full:
-        torch.testing.assert_close(cut[k], full[k], rtol=0, atol=0, msg=k)
-    assert not torch.equal(full["target.0.conv1.weight"], full["encoder.0.conv1.weight"])  # EMA lags
+    assert checkpoint.read_manifest(tmp_path / "cut")[0]["step"] == 1  # the crash was mid-epoch
+    train(cut.replace(resume=True))
+    full, part = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False) for d in ("full", "cut"))
+    assert full["model"].keys() == part["model"].keys()
+    for k in full["model"]:
+        torch.testing.assert_close(part["model"][k], full["model"][k], rtol=0, atol=0, msg=k)
+    if case == "target-memory":
+        assert full["memory"]["eta"].shape == (64, 64)
+        torch.testing.assert_close(part["memory"]["eta"], full["memory"]["eta"], rtol=0, atol=0)
+    if case == "byol":
+        assert not torch.equal(full["model"]["target.0.conv1.weight"], full["model"]["encoder.0.conv1.weight"])
+    if case == "swav-queue":
+        assert full["model"]["queued"] == 2 * 2 * 2 * 32  # 2 epochs of 2 steps, 2 views of 32
+    if case == "mocov2":
+        assert full["model"]["queue_ptr"] == (2 * 4 * 64) % 96  # 2 epochs of 4 steps, 2 x 32 keys each
+        assert not torch.equal(full["model"]["key_encoder.0.conv1.weight"], full["model"]["encoder.0.conv1.weight"])
 
 
 def test_method_defaults_and_bad_options():
-    assert from_preset("digits", method="simclr").predictor is False
-    assert from_preset("digits", method="simclr").temperature == 0.2
-    assert from_preset("digits", method="simclr", predictor=True).predictor is True  # the user's option wins
-    assert from_preset("digits", method="swav").temperature == 0.1
+    """Each method's options are its own, with its own defaults; an option of another method is
+    refused, naming the methods that have it, for every method (from the declarations)."""
+    from simsiam.configure import from_dict
+    from simsiam.methods import METHODS, option_owners
+
+    assert from_preset("digits", method="simclr").to_dict()["predictor"] is False
+    assert from_preset("digits", method="simclr").to_dict()["temperature"] == 0.2
+    assert from_preset("digits", method="simclr", predictor=True).to_dict()["predictor"] is True  # yours win
+    assert from_preset("digits", method="swav").to_dict()["temperature"] == 0.1
+    assert from_preset("digits", method="swav").to_dict()["prototypes"] == 100  # the digits preset's
+    assert "prototypes" not in from_preset("digits").to_dict()  # not SimSiam's: the preset's value is not used
+    owners = option_owners()
+    for method in METHODS:
+        for name, have in owners.items():
+            if method not in have:
+                with pytest.raises(
+                    ConfigError, match=f"--{name.replace('_', '-')} is not an option of --method {method}"
+                ):
+                    from_preset("digits", method=method, **{name: from_dict({"method": have[0]}).to_dict()[name]})
     byol = from_preset("digits", method="byol")
     assert byol.solarize_p2 == pytest.approx(0.2) and byol.jitter[2] == pytest.approx(0.2)
     assert byol.blur_p == 0.0 and byol.blur_p2 is None  # 32 px presets keep no blur
     for bad, match in [
-        (dict(method="simclr", small_crops=2), "small-crops"),
-        (dict(method="swav", small_crops=2, image_size=32, small_crop_size=32), "small-crop-size"),
-        (dict(method="swav", head_bn="none"), "SimSiam ablation"),
-        (dict(method="simclr", symmetry="asym"), "SimSiam ablation"),
-        (dict(method="byol", stop_gradient=False), "moving average"),
-        (dict(method="moco"), "method"),
+        (dict(method="simclr", small_crops=2), "--small-crops is not an option of --method simclr; it is one of swav"),
+        (dict(method="swav", small_crops=2, image_size=32, small_crop_size=32), "small-crop-size 32 must be below"),
+        (
+            dict(method="swav", head_bn="none"),
+            "--head-bn is not an option of --method swav; it is one of simsiam, mocov2",
+        ),
+        (dict(method="byol", stop_gradient=False), "--stop-gradient is not an option of --method byol"),
+        (dict(method="moco"), "--method must be one of"),
     ]:
         with pytest.raises(ConfigError, match=match):
-            Config(**bad)
+            from_dict(bad)
 
 
 # --- DDP: two gloo processes == one process with the whole batch

@@ -1,88 +1,128 @@
-"""The benchmark scripts stay runnable: a tiny-budget run of each prints its table."""
+"""The benchmark scripts stay runnable: a tiny-budget run of each prints its table, whose ratios are
+the ratios of its figures, and writes its section of RESULTS.md (here a copy in tmp_path).
 
+augment.py and throughput.py run in this process (runpy, as `python benchmarks/X.py` would);
+vs_lightly.py starts a process per timed window by design, so it runs as a command. No test
+reaches the network: vs_lightly.py runs with a lightly stand-in (tests/lightly_standin) unless
+SIMSIAM_TEST_LIGHTLY=1, which installs lightly from PyPI into benchmarks/.venv-lightly the first
+time and compares with the real one:
+
+    SIMSIAM_TEST_LIGHTLY=1 pytest tests/test_benchmarks.py -k lightly
+"""
+
+import os
+import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import make_folder
+
 ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
 
 
-def test_augment_benchmark_runs_and_prints_the_ratio(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "augment.py"),
-            "--seconds",
-            "0.2",
-            "--rounds",
-            "1",
-            "--sizes",
-            "32",
-            "--no-write",
-        ],
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """benchmarks/ importable as the scripts see it, their RESULTS.md moved to tmp_path."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _common
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path / "RESULTS.md")
+    return tmp_path / "RESULTS.md"
+
+
+def run_script(name: str, args: list[str], monkeypatch, capsys) -> str:
+    """`python benchmarks/NAME ARGS` in this process; its stdout."""
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    capsys.readouterr()
+    runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def number(cell: str) -> float:
+    return float(cell.strip().rstrip("x").replace(",", ""))
+
+
+def assert_ratio(ratio: float, a: float, b: float, decimals_a: int, decimals_b: int, decimals_ratio: int = 2):
+    """`ratio` (printed to `decimals_ratio`) is a / b, as far as the printed roundings allow."""
+    ha, hb = 0.5 * 10.0**-decimals_a, 0.5 * 10.0**-decimals_b
+    lo, hi = (a - ha) / (b + hb), (a + ha) / (b - hb)
+    slack = 0.5 * 10.0**-decimals_ratio + 1e-9
+    assert lo - slack <= ratio <= hi + slack, (ratio, a, b)
+
+
+def section(results: Path, script: str) -> str:
+    text = results.read_text()
+    begin, end = f"<!-- benchmarks/{script}: begin -->", f"<!-- benchmarks/{script}: end -->"
+    assert text.count(begin) == 1 and text.count(end) == 1, text
+    return text[text.index(begin) + len(begin) : text.index(end)]
+
+
+def test_augment_benchmark_prints_the_ratio_of_its_figures_and_writes_its_section(results, monkeypatch, capsys):
+    args = ["--seconds", "0.2", "--rounds", "1", "--sizes", "32", "--note", "a test"]
+    out = run_script("augment.py", args, monkeypatch, capsys)
+    row = next(line for line in out.splitlines() if line.startswith("| 32 px -> 32 px |"))
+    ours, tv, ratio = (number(c) for c in row.split("|")[2:5])
+    assert_ratio(ratio, ours, tv, 0, 0)  # one round: the median of the per-round ratios is ours / tv
+    share = re.search(r"augmentation (\d+) ms, model update (\d+) ms -> augmentation is ([\d.]+)% of the step", out)
+    aug, model, pct = (float(x) for x in share.groups())
+    assert_ratio(pct / 100, aug, aug + model, 0, 0, 3)
+    written = section(results, "augment.py")
+    assert row in written and share.group(0) in written and "**a test**" in written and "Machine: " in written
+
+
+def test_throughput_benchmark_prints_the_efficiency_of_its_figures_and_writes_its_section(results, monkeypatch, capsys):
+    model = ["width=0.125", "dim=64", "proj_hidden=64", "pred_dim=16"]
+    args = ["--seconds", "0.3", "--rounds", "1", "--batch-size", "32", *(a for m in model for a in ("--set", m))]
+    results.write_text(
+        "# Benchmark results\n\n<!-- benchmarks/throughput.py: begin -->\nold\n<!-- benchmarks/throughput.py: end -->\n"
+    )
+    out = run_script("throughput.py", args, monkeypatch, capsys)
+    rates = {
+        line.split(":")[0].strip("| "): number(line.split("|")[2])
+        for line in out.splitlines()
+        if line.startswith(("| ours:", "| bare:"))
+    }
+    efficiency = float(re.search(r"Pipeline efficiency ours / bare: \*\*([\d.]+)\*\*", out).group(1))
+    assert_ratio(efficiency, rates["ours"], rates["bare"], 1, 1)
+    written = section(results, "throughput.py")  # the old section replaced, not a second one
+    assert "old" not in written and f"**{efficiency:.2f}**" in written and "batch 32" in written
+
+
+def test_vs_lightly_benchmark_runs_both_sides(tmp_path):
+    """The lightly comparison end to end on a tiny folder (2 classes, 24 + 6 images each), seconds
+    instead of minutes: throughput rounds, the budget race, both kNNs, the table."""
+    real = os.environ.get("SIMSIAM_TEST_LIGHTLY") == "1"
+    data = tmp_path / "data"
+    make_folder(data / "train", n=24)
+    make_folder(data / "test", n=6)
+    args = ["--data", str(data), "--batch", "16", "--rounds", "1", "--seconds", "0.5", "--minutes", "0.01"]
+    args += ["--lightly-workers", "0", "--no-write"]
+    if not real:
+        args += ["--lightly-from", str(Path(__file__).with_name("lightly_standin"))]
+    res = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "vs_lightly.py"), *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         cwd=tmp_path,
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    row = next(line for line in out.stdout.splitlines() if line.startswith("| 32 px -> 32 px |"))
-    ours, tv, ratio = (c.strip() for c in row.split("|")[2:5])
-    assert float(ours.replace(",", "")) > 0 and float(tv.replace(",", "")) > 0 and ratio.endswith("x")
-    assert "% of the step" in out.stdout
-
-
-def test_throughput_benchmark_runs_and_prints_the_efficiency(tmp_path):
-    args = [
-        "--seconds",
-        "0.3",
-        "--rounds",
-        "1",
-        "--no-write",
-        "--batch-size",
-        "32",
-        "--set",
-        "width=0.125",
-        "--set",
-        "dim=64",
-        "--set",
-        "proj_hidden=64",
-        "--set",
-        "pred_dim=16",
-    ]
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    assert ("lightly 1.6.0 with 0 DataLoader workers" if real else "lightly_standin with 0 DataLoader") in out
+    cells = {line.split("|")[1].strip(): line.split("|")[2:5] for line in out.splitlines() if line.startswith("| ")}
+    ours, lightly, ratio = (number(c) for c in cells["images/s (median of 1 rounds of 0.5 s)"])
+    assert_ratio(ratio, ours, lightly, 1, 1)
+    epochs = int(re.search(r"race: simsiam trains (\d+) epochs", out).group(1))
+    steps = cells["budget race: steps (epochs)"][0].strip()
+    assert steps == f"{epochs * (48 // 16)} ({epochs})"  # whole epochs of 3 steps
+    knn = cells["budget race: kNN top-1 on the 12 test images"]
+    a, b, gap = (float(c.strip().rstrip("%").replace(" points", "")) for c in knn)
+    assert abs(gap - (a - b)) <= 0.011 and 0 <= a <= 100 and 0 <= b <= 100
+    assert re.search(rf"race: simsiam \d+ s, kNN {a:.2f}%", out) and re.search(
+        rf"race: lightly \d+ s, kNN {b:.2f}%", out
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| ours:") or line.startswith("| bare:")]
-    assert len(rows) == 2 and all(float(r.split("|")[2].replace(",", "")) > 0 for r in rows)
-    assert "Pipeline efficiency ours / bare: **" in out.stdout
-
-
-def test_vs_lightly_benchmark_runs_both_sides(cifar_slice, tmp_path):
-    """The lightly comparison end to end on the CIFAR slice, seconds instead of minutes. It installs
-    lightly from PyPI into benchmarks/.venv-lightly the first time; skipped when that cannot be done."""
-    script = ROOT / "benchmarks" / "vs_lightly.py"
-    probe = subprocess.run(
-        [sys.executable, "-c", f"import runpy; runpy.run_path({str(script)!r})['lightly_python']()"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"lightly could not be installed from PyPI here: {probe.stderr.strip().splitlines()[-1:]}")
-    args = ["--data", str(cifar_slice), "--rounds", "1", "--seconds", "2", "--minutes", "0.05", "--no-write"]
-    out = subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=600, cwd=tmp_path
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    rate = next(line for line in out.stdout.splitlines() if line.startswith("| images/s"))
-    ours, lightly = (float(c.strip().replace(",", "")) for c in rate.split("|")[2:4])
-    assert ours > 0 and lightly > 0
-    assert "budget race: kNN top-1 on the 200 test images" in out.stdout

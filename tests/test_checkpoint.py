@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from simsiam import build_backbone, checkpoint, from_preset
+from simsiam import build_backbone, checkpoint, train
 from simsiam.cli import main
 from simsiam.errors import DataError, TrainingError
 
-from conftest import make_folder
+from conftest import make_folder, tiny_config
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -32,20 +32,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
-    from simsiam import from_preset, train
-
-    cfg = from_preset(
-        "digits",
-        width=0.125,
-        subset=128,
-        batch_size=32,
-        epochs=2,
-        lr=1e30,
-        log_every=1,
-        knn_random_init=False,
-        report=False,
-        run_dir=str(tmp_path / "run"),
-    )
+    cfg = tiny_config(tmp_path / "run", batch_size=32, lr=1e30, log_every=1)
     with pytest.raises(TrainingError, match=r"loss is nan.*lower --lr"):
         train(cfg)
 
@@ -61,7 +48,7 @@ class _Payload:
 
 
 def _crafted(path, marker, **fields):
-    cfg = from_preset("digits", width=0.125, dim=64, pred_dim=16, proj_hidden=64)
+    cfg = tiny_config(path.parent)
     state = {"epoch": 1, "config": cfg.to_dict(), "model": {}, "train_seconds": _Payload(marker), **fields}
     torch.save(state, path)
     return cfg
@@ -73,7 +60,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(where, tmp_path, capsy
     run = tmp_path / "run"
     run.mkdir()
     cfg = _crafted(run / "checkpoint.pt", marker)
-    (run / "config.json").write_text(json.dumps(cfg.replace(run_dir=str(run)).to_dict()))
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     images = make_folder(tmp_path / "images", n=2)
     args = {
         "checkpoint file": ["eval", "knn", str(run / "checkpoint.pt"), "--data-dir", str(images)],

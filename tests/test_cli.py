@@ -1,4 +1,7 @@
-"""The command line: bad input gives one line and a non-zero exit; a short run writes its files."""
+"""The command line: bad input gives one line and a non-zero exit; a short run writes its files.
+
+In this process through `simsiam.cli.main` (conftest.simsiam), except the one test of the entry
+point itself: `python -m simsiam` in a new process prints the same one line and exits 2."""
 
 import json
 import subprocess
@@ -6,24 +9,23 @@ import sys
 
 import pytest
 
-from simsiam.cli import main
-
-from conftest import make_folder
+from conftest import TINY, assert_one_line_error, assert_picture, make_folder, simsiam
 
 
 def run_cli(*args, cwd=None):
+    """`python -m simsiam ARGS` in a new process (seconds of importing torch: only where the
+    process is the point; conftest.simsiam runs a command in this one)."""
     return subprocess.run(
         [sys.executable, "-m", "simsiam", *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )
 
 
-def assert_one_line_error(res, *needles):
-    assert res.returncode != 0
-    assert "Traceback" not in res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
+def test_the_entry_point_prints_one_line_errors_and_exits_2(tmp_path):
+    """The console command is `simsiam.cli:main` behind `raise SystemExit(main())`: its exit code
+    and stderr, no traceback, in a process of its own."""
+    res = run_cli("train", "--batch-size", "0", cwd=tmp_path)
+    assert_one_line_error(res, "--batch-size", "at least 2", "BatchNorm")
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(
@@ -39,20 +41,22 @@ def assert_one_line_error(res, *needles):
         (["--resume", "--run-dir", "/nonexistent/run"], ["config.json"]),
     ],
 )
-def test_bad_options_are_one_line_errors(args, needles, tmp_path):
-    assert_one_line_error(run_cli("train", *args, cwd=tmp_path), *needles)
+def test_bad_options_are_one_line_errors(args, needles, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(simsiam(capsys, "train", *args), *needles)
     assert not (tmp_path / "runs").exists()  # a failed start leaves no empty run directory
 
 
-def test_empty_data_dir(tmp_path):
-    assert_one_line_error(run_cli("train", "--dataset", "folder", "--data-dir", str(tmp_path)), str(tmp_path))
+def test_empty_data_dir(tmp_path, capsys):
+    assert_one_line_error(simsiam(capsys, "train", "--dataset", "folder", "--data-dir", tmp_path), str(tmp_path))
     (tmp_path / "cats").mkdir()
     (tmp_path / "cats" / "notes.txt").write_text("not an image")
-    assert_one_line_error(run_cli("train", "--dataset", "folder", "--data-dir", str(tmp_path)), "no images")
+    assert_one_line_error(simsiam(capsys, "train", "--dataset", "folder", "--data-dir", tmp_path), "no images")
 
 
-def test_help_documents_the_fixed_options():
-    out = run_cli("train", "--help").stdout
+def test_help_documents_the_fixed_options(capsys):
+    res = simsiam(capsys, "train", "--help")
+    assert res.returncode == 0
     for flag in [
         "--run-dir",
         "--epochs",
@@ -67,7 +71,7 @@ def test_help_documents_the_fixed_options():
         "--preset",
         "--data-dir",
     ]:
-        assert flag in out, flag
+        assert flag in res.stdout, flag
 
 
 @pytest.mark.parametrize(
@@ -75,15 +79,26 @@ def test_help_documents_the_fixed_options():
     [["train"], ["eval", "knn"], ["eval", "linear"], ["export"], ["embed"], ["report"], ["reproduce"], ["compare"]],
 )
 def test_every_help_renders(command, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([*command, "--help"])
-    assert exit_.value.code == 0 and "usage: simsiam" in capsys.readouterr().out
+    res = simsiam(capsys, *command, "--help")
+    assert res.returncode == 0 and res.stdout.startswith("usage: simsiam " + " ".join(command))
 
 
-def test_short_default_run_writes_summary_and_files(tmp_path):
+def test_short_default_run_writes_summary_and_files(tmp_path, capsys):
+    """The default heads (2048-d), kNN of the trained and the random-init backbone, the report."""
     run_dir = tmp_path / "run"
-    res = run_cli(
-        "train", "--epochs", "1", "--subset", "256", "--batch-size", "64", "--width", "0.125", "--run-dir", str(run_dir)
+    res = simsiam(
+        capsys,
+        "train",
+        "--epochs",
+        "1",
+        "--subset",
+        "256",
+        "--batch-size",
+        "64",
+        "--width",
+        "0.125",
+        "--run-dir",
+        run_dir,
     )
     assert res.returncode == 0, res.stderr
     assert "random init" in res.stdout and "z-std" in res.stdout
@@ -102,45 +117,38 @@ def test_short_default_run_writes_summary_and_files(tmp_path):
     ]:
         assert key in s, key
     assert s["method"] == "simsiam" and s["dataset"] == "digits" and s["epochs"] == 1
-    assert 0 <= s["knn_top1"] <= 1 and 0 <= s["knn_top1_random_init"] <= 1
+    assert f"trained {100 * s['knn_top1']:.2f}% vs random init {100 * s['knn_top1_random_init']:.2f}%" in res.stdout
     assert s["z_std_healthy"] == pytest.approx(2048**-0.5)
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["width"] == 0.125 and cfg["subset"] == 256 and cfg["preset"] == "digits"
     metrics = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1] and "lr_groups" in metrics[0]
     assert (run_dir / "checkpoint.pt").exists() and (run_dir / "backbone.pt").exists()
-    assert (run_dir / "report" / "summary.md").exists() and (run_dir / "report" / "retrieval.png").exists()
+    assert f"{100 * s['knn_top1']:.2f}%" in (run_dir / "report" / "summary.md").read_text()  # the run's report
+    assert_picture(run_dir / "report" / "retrieval.png")
     # the same run directory again without --resume refuses, naming the fix
-    again = run_cli("train", "--epochs", "1", "--run-dir", str(run_dir))
-    assert_one_line_error(again, "--resume")
+    assert_one_line_error(simsiam(capsys, "train", "--epochs", "1", "--run-dir", run_dir), "--resume")
 
 
-def test_data_dir_alone_trains_on_a_folder_and_skips_bad_files(tmp_path):
+def test_data_dir_alone_trains_on_a_folder_and_skips_bad_files(tmp_path, capsys):
     data = make_folder(tmp_path / "photos")
     (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (data / "blue" / "empty.png").write_bytes(b"")
     run_dir = tmp_path / "run"
-    res = run_cli(
+    res = simsiam(
+        capsys,
         "train",
         "--data-dir",
-        str(data),
+        data,
         "--image-size",
         "16",
-        "--width",
-        "0.125",
+        *TINY,  # its --subset 128 keeps every image of these folders
         "--epochs",
         "1",
         "--batch-size",
         "16",
-        "--dim",
-        "64",
-        "--pred-dim",
-        "16",
-        "--proj-hidden",
-        "64",
-        "--no-report",
         "--run-dir",
-        str(run_dir),
+        run_dir,
     )
     assert res.returncode == 0, res.stderr
     assert "skipped 2 unreadable image file(s)" in res.stderr and "broken.jpg" in res.stderr
@@ -149,37 +157,30 @@ def test_data_dir_alone_trains_on_a_folder_and_skips_bad_files(tmp_path):
     assert s["num_train"] + s["num_test"] == 48  # the two bad files are not counted
 
 
-def test_flat_folder_trains_without_labels_and_eval_says_it_needs_them(tmp_path):
+def test_flat_folder_trains_without_labels_and_eval_says_it_needs_them(tmp_path, capsys):
     make_folder(tmp_path / "x")
     flat = tmp_path / "x" / "red"  # 24 images, no class sub-folders
     run_dir = tmp_path / "run"
-    res = run_cli(
+    res = simsiam(
+        capsys,
         "train",
         "--data-dir",
-        str(flat),
+        flat,
         "--image-size",
         "16",
-        "--width",
-        "0.125",
+        *TINY,
         "--epochs",
         "1",
         "--batch-size",
         "8",
-        "--dim",
-        "32",
-        "--pred-dim",
-        "8",
-        "--proj-hidden",
-        "32",
-        "--no-report",
         "--run-dir",
-        str(run_dir),
+        run_dir,
     )
     assert res.returncode == 0, res.stderr
     assert "kNN monitoring is off" in res.stdout
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["knn_top1"] is None and s["num_train"] > 0
-    assert_one_line_error(run_cli("eval", "knn", str(run_dir)), "needs labelled images")
+    assert_one_line_error(simsiam(capsys, "eval", "knn", run_dir), "needs labelled images")
 
 
 @pytest.mark.parametrize(

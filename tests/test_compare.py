@@ -8,17 +8,11 @@ from simsiam.cli import main
 from simsiam.experiments.compare import compare, method_config
 from simsiam.methods import METHODS
 
-TINY = dict(
-    width=0.125,
-    dim=64,
-    pred_dim=16,
-    proj_hidden=64,
-    knn_random_init=False,
-    subset=256,
-    batch_size=64,
-    epochs=2,
-    prototypes=32,
-)
+from conftest import TINY_OPTIONS, assert_picture
+
+# the tiny run on 4 steps an epoch, kNN every epoch (the plot's points); SwAV's prototypes with SwAV
+TINY = {**TINY_OPTIONS, "subset": 256, "knn_every": 1}
+SWAV = {"prototypes": 32}
 
 
 def test_same_budget_and_augmentation_unless_asked():
@@ -33,18 +27,24 @@ def test_same_budget_and_augmentation_unless_asked():
 
 def test_compare_end_to_end_writes_table_and_plot(tmp_path, capsys):
     methods = list(METHODS)
-    res = compare(methods, tmp_path, in_process=True, log=lambda *_: None, **TINY)
+    res = compare(methods, tmp_path, in_process=True, log=lambda *_: None, **TINY, **SWAV)
     table = (tmp_path / "comparison.md").read_text()
     for m in methods:
         assert f"| {m} |" in table
-    assert (tmp_path / "knn.png").stat().st_size > 10_000
+    assert_picture(tmp_path / "knn.png")  # a plot, not a blank canvas
     rows = {r["variant"]: r for r in res["rows"]}
-    assert all(0 <= r["linear_fast"] <= 1 and r["knn_top1"] is not None for r in rows.values())
+    assert sorted(rows) == sorted(methods)
+    for m, r in rows.items():  # the table gives each run's own numbers
+        line = next(row for row in table.splitlines() if row.startswith(f"| {m} |"))
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        assert cells[1] == f"{100 * r['knn_top1']:.2f}" and cells[3] == f"{100 * r['linear_fast']:.2f}", line
     assert "68.1 / 70.0 / 70.8 / 71.3" in table  # the paper's SimSiam row
     # the CLI reuses the finished runs (same configurations) and trains nothing again
-    sets = [a for k, v in TINY.items() for a in ["--set", f"{k}={json.dumps(v)}"]]
-    assert main(["compare", "simsiam", "--out", str(tmp_path), *sets]) == 0
-    assert "already trained" in capsys.readouterr().out
+    sets = [a for k, v in {**TINY, **SWAV}.items() for a in ["--set", f"{k}={json.dumps(v)}"]]
+    assert main(["compare", "simsiam", "swav", "--out", str(tmp_path), *sets]) == 0
+    out = capsys.readouterr().out
+    assert "simsiam (seed 0): same configuration and code already trained" in out
+    assert "swav (seed 0): same configuration and code already trained" in out
     assert main(["compare", "mocov9", "--out", str(tmp_path)]) == 2
     assert "mocov9" in capsys.readouterr().err
 

@@ -1,17 +1,23 @@
+import dataclasses
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from simsiam.config import PRESETS, Config, ConfigError, from_preset
-from simsiam.methods.simsiam import SimSiam
+from simsiam.config import PRESETS, Config, ConfigError
+from simsiam.configure import from_dict, from_preset
+from simsiam.methods.simsiam import SimSiam, SimSiamOptions
 from simsiam.optim import build_optimizer, cosine_lr, lr_at, set_lr
 
 
 def test_paper_defaults():
     c = Config()
     assert (c.lr, c.batch_size, c.momentum, c.weight_decay, c.epochs) == (0.05, 512, 0.9, 1e-4, 100)
-    assert c.fix_pred_lr and c.stop_gradient and c.predictor and not c.concat_views
+    o = SimSiamOptions()  # SimSiam's own options: the paper's too
+    assert c.fix_pred_lr and o.stop_gradient and o.predictor and not o.concat_views and not o.fixed_predictor
+    assert (o.head_bn, o.similarity, o.symmetry, o.alternation) == ("default", "cosine", "sym", "off")
     assert (c.dim, c.pred_dim, c.proj_layers, c.proj_hidden) == (2048, 512, 3, 2048)
     assert c.crop_scale == (0.2, 1.0) and c.jitter == (0.4, 0.4, 0.4, 0.1) and c.jitter_p == 0.8
     assert (c.gray_p, c.blur_p, c.blur_sigma, c.hflip) == (0.2, 0.5, (0.1, 2.0), 0.5)
@@ -76,12 +82,13 @@ def test_bad_values_fail(bad):
 
 def test_unknown_key_and_wrong_type_fail_loudly():
     with pytest.raises(ConfigError, match="temprature"):
-        Config.from_dict({"temprature": 0.5})  # a typo never passes silently
+        from_dict({"temprature": 0.5})  # a typo never passes silently
     with pytest.raises(ConfigError, match="batch_size"):
-        Config.from_dict({"batch_size": "512"})
+        from_dict({"batch_size": "512"})
     with pytest.raises(ConfigError, match="stop_gradient"):
-        Config.from_dict({"stop_gradient": 1})
-    assert Config.from_dict(Config().to_dict()) == Config()
+        from_dict({"stop_gradient": 1})  # SimSiam's own option, typed too
+    cfg = from_dict({"method": "swav", "prototypes": 7})
+    assert from_dict(cfg.to_dict()) == cfg and cfg.options is not None and cfg.options.prototypes == 7
 
 
 def _optimizer(fix_pred_lr):
@@ -118,3 +125,40 @@ def test_lr_at_warmup_then_cosine_over_the_remaining_epochs():
     step = lr_at(cfg.replace(schedule="step"), 7, 0, 5)[0]
     assert step == pytest.approx(cosine_lr(0.4, 5 / 10))
     assert lr_at(cfg.replace(warmup_epochs=0), 0, 3, 5) == (0.4, 0.4)  # no warm-up by default
+
+
+@pytest.mark.parametrize("method", ["simsiam", "mocov2"])
+def test_a_config_json_of_the_flat_config_still_loads_and_resumes(method, tmp_path):
+    """config.json as simsiam wrote it before each method had its own options (commit cffa3b7:
+    every method's options in one flat object, MoCo v2's momentum in ema_tau, its queue in
+    queue_size): --config and --resume still read it, the method keeps its own values and the
+    other methods' are dropped (they were never used)."""
+    from simsiam.cli import main
+    from simsiam.configure import load_json
+
+    old = Path(__file__).parent / "data" / f"config-cffa3b7-{method}.json"
+    saved = json.loads(old.read_text())
+    assert len(saved) == 82 and "prototypes" in saved and "ema_tau" in saved  # every method's options
+    cfg = load_json(old)
+    assert cfg.method == method and cfg.options is not None
+    mine = {f.name for f in dataclasses.fields(cfg.options)}
+    assert cfg.to_dict() == {
+        k: v if not isinstance(v, list) else tuple(v) for k, v in saved.items() if k in mine or k in Config.names()
+    }
+    assert main(["train", "--config", str(old), "--run-dir", str(tmp_path / "run")]) == 0
+    (tmp_path / "run" / "config.json").write_text(
+        old.read_text().replace('"run_dir": null', f'"run_dir": "{tmp_path / "run"}"')
+    )
+    assert main(["train", "--resume", "--run-dir", str(tmp_path / "run"), "--epochs", "2"]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 2
+
+
+def test_compare_gives_a_methods_own_option_to_the_methods_that_have_it():
+    """`simsiam compare simsiam simclr --set temperature=0.5`: SimCLR's temperature, nothing for
+    SimSiam; an option none of the compared methods has is one line before anything trains."""
+    from simsiam.experiments.compare import compare, method_config
+
+    assert method_config("simclr", temperature=0.5).to_dict()["temperature"] == 0.5
+    assert "temperature" not in method_config("simsiam", temperature=0.5).to_dict()
+    with pytest.raises(ConfigError, match="--set prototypes is an option of swav, none of the methods compared"):
+        compare(["simsiam", "simclr"], prototypes=50)

@@ -210,30 +210,27 @@ def test_bad_input_matrix(tmp_path, capsys):
 def test_stream_placement_trains_exactly_like_memory(tmp_path):
     """Streaming decodes the same pixels in the same order through DataLoader workers, so the
     trained weights and the kNN equal the in-memory run's bit for bit."""
-    from simsiam import from_preset, train
+    from simsiam import train
     from simsiam.data import load_splits
 
-    from conftest import make_folder
+    from conftest import make_folder, tiny_config
 
     data = make_folder(tmp_path / "photos", n=20)
     kw = dict(
+        preset="folder",
         data_dir=str(data),
         image_size=16,
         load_size=18,
-        width=0.125,
         dim=32,
         pred_dim=8,
         proj_hidden=32,
         batch_size=8,
-        epochs=2,
         knn_every=1,
-        knn_random_init=False,
-        report=False,
         cache=False,
     )
     runs = {}
     for placement in ("memory", "stream"):
-        cfg = from_preset("folder", placement=placement, workers=2, run_dir=str(tmp_path / placement), **kw)
+        cfg = tiny_config(tmp_path / placement, placement=placement, workers=2, **kw)
         train_set, test_set = load_splits(cfg)
         assert type(train_set).__name__ == ("ImageSet" if placement == "memory" else "FileSet")
         assert next(iter(train_set.batches(4))).shape[-2:] == (18, 18)  # stored at --load-size
@@ -243,7 +240,7 @@ def test_stream_placement_trains_exactly_like_memory(tmp_path):
     for k in mem_w:
         assert torch.equal(mem_w[k], stream_w[k]), k
     # auto streams once the decoded images would exceed the budget
-    auto = from_preset("folder", placement="auto", memory_budget_gb=1e-9, **kw)
+    auto = tiny_config(tmp_path / "auto", placement="auto", memory_budget_gb=1e-9, **kw)
     assert type(load_splits(auto)[0]).__name__ == "FileSet"
     assert type(load_splits(auto.replace(memory_budget_gb=1.0))[0]).__name__ == "ImageSet"
 
@@ -366,10 +363,10 @@ def test_images_above_the_pixel_limit_are_skipped_without_pils_warning(tmp_path,
     assert D.decode_image(str(data / "a" / "small.png"), 8).shape == (8, 8, 3)
 
 
-def test_data_dir_that_is_a_file_says_so(tmp_path):
-    from test_cli import assert_one_line_error, run_cli
-
+def test_data_dir_that_is_a_file_says_so(tmp_path, capsys, monkeypatch):
     from simsiam.export import list_images
+
+    from conftest import assert_one_line_error, simsiam
 
     f = tmp_path / "photo.jpg"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(f)
@@ -381,12 +378,11 @@ def test_data_dir_that_is_a_file_says_so(tmp_path):
     ):
         with pytest.raises(DataError, match="is a file, not a folder; give --data-dir|is a file, not a folder; give"):
             call()
-    res = run_cli("train", "--data-dir", str(f), cwd=tmp_path)
-    assert_one_line_error(res, str(f), "is a file, not a folder", "--data-dir")
-    assert res.returncode == 2 and not (tmp_path / "runs").exists()
-    res = run_cli("embed", str(tmp_path / "no-run"), "--data-dir", str(f), "--out", str(tmp_path / "e.npy"))
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(simsiam(capsys, "train", "--data-dir", f), str(f), "is a file, not a folder", "--data-dir")
+    assert not (tmp_path / "runs").exists()
+    res = simsiam(capsys, "embed", tmp_path / "no-run", "--data-dir", f, "--out", tmp_path / "e.npy")
     assert_one_line_error(res, str(f), "is a file, not a folder")
-    assert res.returncode == 2
 
 
 def test_odd_files_decode_or_are_skipped(tmp_path, capsys):

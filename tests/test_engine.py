@@ -3,19 +3,24 @@ a new method is one class plus one registry line, view plans draw what the exper
 and the linear probe's schedule is the training cosine."""
 
 import json
+from dataclasses import dataclass
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from test_baselines import TINY  # digits, 64 images, batch 32, narrow ResNet, small heads
+from test_baselines import SWAV, TINY  # digits, 64 images, batch 32, narrow ResNet, small heads
 
 from simsiam import checkpoint, from_preset, train
+from simsiam.config import MethodOptions
 from simsiam.data import Augment
+from simsiam.engine import setup, train_one_epoch
+from simsiam.errors import ConfigError
 from simsiam.methods import METHODS, Method, StepOutput, Views, build_model
 from simsiam.methods.heads import projection_mlp, z_std
 from simsiam.monitor import Monitor
 from simsiam.optim import cosine_lr
-from simsiam.train import setup, train_one_epoch
+from simsiam.options import POSITIVE, opt
 from simsiam.views import ViewPlan
 
 
@@ -23,7 +28,8 @@ def test_hooks_reach_the_method_through_a_wrapper(tmp_path):
     """DataParallel (like DDP) hides the method's attributes: the loop must call BYOL's EMA and
     SwAV's prototype freeze on the unwrapped method, and checkpoints keep plain keys."""
     for method in ["byol", "swav"]:
-        cfg = from_preset("digits", method=method, run_dir=str(tmp_path / method), **TINY)
+        own = SWAV if method == "swav" else {}
+        cfg = from_preset("digits", method=method, run_dir=str(tmp_path / method), **TINY, **own)
         run = setup(cfg)
         run.model = nn.DataParallel(run.method)  # on a CPU it just calls the module
         assert not hasattr(run.model, "after_step")
@@ -41,32 +47,42 @@ def test_hooks_reach_the_method_through_a_wrapper(tmp_path):
         assert checkpoint.model_state(run.model).keys() == before.keys()
 
 
+@dataclass
+class CentroidOptions(MethodOptions):
+    pull: float = opt(1.0, "how hard view 1's z is pulled to view 2's", check=POSITIVE)
+
+
 class Centroid(Method):
-    """A toy method to prove the contract: pull both views' z towards each other, no predictor."""
+    """A toy method to prove the contract: pull both views' z towards each other, no predictor;
+    its own option (`pull`), a run option it changes (DEFAULTS) and the head sizes it takes."""
 
-    DEFAULTS = dict(temperature=0.5)  # a config value this method changes (it does not read it)
+    Options = CentroidOptions
+    DEFAULTS = dict(lr=0.5)
+    HEADS = ("dim",)
 
-    def __init__(self, backbone, feature_dim, dim):
+    def __init__(self, backbone, feature_dim, dim, pull=1.0):
         super().__init__()
         self.backbone = backbone
         self.encoder = nn.Sequential(backbone, projection_mlp(feature_dim, dim, dim, 2))
         self.predictor = nn.Identity()
-        self.dim = dim
-
-    @classmethod
-    def from_config(cls, cfg, backbone, feature_dim):
-        return cls(backbone, feature_dim, cfg.dim)
+        self.dim, self.pull = dim, pull
 
     def forward(self, views, targets=None):
         z1, z2 = self.encoder(views.x1), self.encoder(views.x2)
-        loss = -F.cosine_similarity(z1, z2.detach()).mean()
+        loss = -self.pull * F.cosine_similarity(z1, z2.detach()).mean()
         return StepOutput(loss, z_std(z1), z1, z2)
 
 
 def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "centroid", Centroid)
-    cfg = from_preset("digits", method="centroid", run_dir=str(tmp_path), **{**TINY, "epochs": 2})
-    assert cfg.temperature == 0.5  # its DEFAULTS applied
+    cfg = from_preset("digits", method="centroid", run_dir=str(tmp_path), pull=2.0, **{**TINY, "epochs": 2})
+    assert cfg.lr == 0.5 and cfg.to_dict()["pull"] == 2.0  # its DEFAULTS and its own option
+    with pytest.raises(ConfigError, match="--pull is not an option of --method simsiam; it is one of centroid"):
+        from_preset("digits", pull=2.0)
+    with pytest.raises(ConfigError, match="--temperature is not an option of --method centroid"):
+        from_preset("digits", method="centroid", temperature=0.5)
+    with pytest.raises(ConfigError, match="--pull must be a positive number"):
+        from_preset("digits", method="centroid", pull=0.0)
     summary = train(cfg)
     assert summary["method"] == "centroid" and summary["knn_top1"] is not None
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 
@@ -50,7 +51,29 @@ def test_linear_eval_leaves_the_backbone_bitwise_unchanged():
         res = linear_report(
             backbone, data, data, 12, (0.5,) * 3, (0.5,) * 3, fast=fast, epochs=5, batch_size=32, progress=False
         )
-        assert res["backbone_unchanged"] and fingerprint(backbone) == before
+        assert fingerprint(backbone) == before
         for k, v in backbone.state_dict().items():
             assert torch.equal(v, state[k]), k  # BN running stats too: eval mode throughout
         assert 0 <= res["top1"] <= 1 and set(res["per_class"]) == {"a", "b"}
+
+
+def test_a_backbone_that_moves_during_the_probe_is_an_error(monkeypatch):
+    """The probe's own guard: weights that change while it runs (a bug) raise instead of a result."""
+    import simsiam.evaluate as E
+    from simsiam.errors import TrainingError
+
+    real = E.pooled_features
+
+    def and_move(backbone, *a, **kw):
+        feats = real(backbone, *a, **kw)
+        with torch.no_grad():
+            next(backbone.parameters()).add_(1e-3)
+        return feats
+
+    monkeypatch.setattr(E, "pooled_features", and_move)
+    g = torch.Generator().manual_seed(1)
+    data = ImageSet(
+        torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8, generator=g), torch.arange(16) % 2, ["a", "b"]
+    )
+    with pytest.raises(TrainingError, match="weights changed during linear evaluation"):
+        linear_report(tiny_backbone(), data, data, 12, (0.5,) * 3, (0.5,) * 3, fast=True, progress=False)

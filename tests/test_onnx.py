@@ -5,18 +5,18 @@ import importlib.util
 import pytest
 import torch
 
-from simsiam import fit, from_preset
+from simsiam import fit
 from simsiam.cli import main
 from simsiam.runs import load_backbone
 
-TINY = dict(width=0.125, dim=64, pred_dim=16, proj_hidden=64, knn_every=0, knn_random_init=False)
+from conftest import tiny_config
 
 
 def test_onnx_features_match_torch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     run_dir = tmp_path / "run"
-    fit(from_preset("digits", subset=64, batch_size=32, epochs=1, run_dir=str(run_dir), **TINY))
+    fit(tiny_config(run_dir, subset=64, batch_size=32, epochs=1))
     out = tmp_path / "export" / "backbone.onnx"
     assert main(["export", str(run_dir), "--format", "onnx", "--out", str(out)]) == 0
     assert [p.name for p in out.parent.iterdir()] == ["backbone.onnx"]  # weights inside, no .data file

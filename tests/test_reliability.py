@@ -1,6 +1,10 @@
 """Runs survive what happens to long jobs: kill -9, Ctrl-C, SIGTERM, a torn checkpoint, a full disk,
 a read-only run directory, a second `simsiam train` into the same directory. Resuming after any
-of them gives the weights of an uninterrupted run, bit for bit (one thread each, same machine)."""
+of them gives the weights of an uninterrupted run, bit for bit (one thread each, same machine).
+
+A separate `python -m simsiam train` process only where one is the point: a kill -9, a signal, a
+second process holding the run directory. Everything else (the uninterrupted reference, every
+resume) runs in this process through `simsiam.cli.main`, on one thread like the subprocesses."""
 
 import errno
 import json
@@ -13,28 +17,14 @@ import time
 import pytest
 import torch
 
-from simsiam import checkpoint, from_preset, train
+from simsiam import checkpoint, train
+from simsiam.cli import main
 
-from conftest import TINY
+from conftest import TINY, tiny_config
 
-# digits, 3 epochs of 11 steps, a checkpoint every 4 steps; about 0.1 s a step here.
-ARGS = [
-    "--epochs",
-    "3",
-    "--subset",
-    "704",
-    "--batch-size",
-    "64",
-    *TINY,
-    "--knn-every",
-    "0",
-    "--no-knn-random-init",
-    "--no-report",
-    "--log-every",
-    "1",
-    "--checkpoint-every",
-    "4",
-]
+# digits, 3 epochs of 7 steps, a checkpoint every 4 steps (global steps 4, 7 = epoch 1's end, 8, 12, 14,
+# ...); about 0.1 s a step here.
+ARGS = [*TINY, "--epochs", "3", "--subset", "448", "--log-every", "1", "--checkpoint-every", "4"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -48,10 +38,21 @@ def start(run_dir, *extra):
     )
 
 
-def simsiam(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "simsiam", *args], capture_output=True, text=True, env=ENV, timeout=600
-    )
+@pytest.fixture(scope="module")
+def one_thread():
+    """The subprocesses' OMP_NUM_THREADS=1 in this process: the same float summation order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cli(capsys, *args):
+    """`simsiam ARGS` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def wait_for_step(run_dir, step, proc, timeout=300):
@@ -81,34 +82,37 @@ def epochs_in(run_dir):
     return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def errors(stderr):
     return [line for line in stderr.splitlines() if line.startswith("simsiam:")]
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, one_thread):
+    """The uninterrupted run every interrupted one must end at."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    res = simsiam("train", *ARGS, "--run-dir", str(run_dir))
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert main(["train", *ARGS, "--run-dir", str(run_dir)]) == 0
     return run_dir
 
 
-def test_kill_9_mid_epoch_then_resume_gives_the_same_weights(reference, tmp_path):
+def test_kill_9_mid_epoch_then_resume_gives_the_same_weights(reference, tmp_path, capsys, one_thread):
     proc = start(tmp_path / "run")
-    wait_for_step(tmp_path / "run", 13, proc)  # epoch 2, step 2 at least
+    wait_for_step(tmp_path / "run", 9, proc)  # epoch 2, step 2 at least
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    res = simsiam("train", "--resume", "--run-dir", str(tmp_path / "run"))
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "resumed" in res.stdout
+    code, out, err = cli(capsys, "train", "--resume", "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err[-2000:]
+    assert "resumed" in out
     assert_same_weights(reference, tmp_path / "run")
     assert epochs_in(tmp_path / "run") == [1, 2, 3]  # no epoch twice, none missing
-    ref_loss = [json.loads(x)["loss"] for x in (reference / "metrics.jsonl").read_text().splitlines()]
-    assert [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == ref_loss
+    assert losses(tmp_path / "run") == losses(reference)
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_sigint_and_sigterm_checkpoint_at_the_next_step_and_stop(sig, code, reference, tmp_path):
+def test_sigint_and_sigterm_checkpoint_at_the_next_step_and_stop(sig, code, reference, tmp_path, capsys, one_thread):
     proc = start(tmp_path / "run")
     wait_for_step(tmp_path / "run", 5, proc)
     proc.send_signal(sig)
@@ -118,8 +122,8 @@ def test_sigint_and_sigterm_checkpoint_at_the_next_step_and_stop(sig, code, refe
     assert f"simsiam: {sig.name}: stopped at epoch" in line and "--resume" in line
     newest = checkpoint.read_manifest(tmp_path / "run")[0]
     assert newest["global_step"] > 5  # written at the signal, not only the last periodic one
-    res = simsiam("train", "--resume", "--run-dir", str(tmp_path / "run"))
-    assert res.returncode == 0, res.stderr[-2000:]
+    resumed, _, err = cli(capsys, "train", "--resume", "--run-dir", str(tmp_path / "run"))
+    assert resumed == 0, err[-2000:]
     assert_same_weights(reference, tmp_path / "run")
 
 
@@ -139,55 +143,58 @@ def test_a_second_ctrl_c_exits_at_once():
     assert signal.getsignal(signal.SIGINT) is before  # restored on the way out
 
 
-def test_a_torn_newest_checkpoint_is_detected_and_the_previous_used(reference, tmp_path):
-    proc = start(tmp_path / "run")
-    wait_for_step(tmp_path / "run", 17, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+class Killed(BaseException):
+    """The process dies here: no except clause of simsiam's catches it."""
+
+
+def test_a_torn_newest_checkpoint_is_detected_and_the_previous_used(
+    reference, tmp_path, capsys, monkeypatch, one_thread
+):
+    """What a kill -9 in the middle of a checkpoint write leaves: the newest file cut short (the
+    process dies after the checkpoint of global step 12, epoch 2's step 5; the file is cut by hand)."""
+    real = checkpoint.write_checkpoint
+
+    def write_then_die(run_dir, state, global_step, *a, **kw):
+        path = real(run_dir, state, global_step, *a, **kw)
+        if global_step >= 11:
+            raise Killed
+        return path
+
+    monkeypatch.setattr(checkpoint, "write_checkpoint", write_then_die)
+    with pytest.raises(Killed):
+        main(["train", *ARGS, "--run-dir", str(tmp_path / "run")])
+    monkeypatch.undo()
     newest = tmp_path / "run" / "checkpoint.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # killed in the middle of a write
-    res = simsiam("train", "--resume", "--run-dir", str(tmp_path / "run"))
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "does not match its recorded size and hash" in res.stderr and "using" in res.stderr
+    code, _, err = cli(capsys, "train", "--resume", "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err[-2000:]
+    assert "does not match its recorded size and hash" in err and "using" in err
     assert_same_weights(reference, tmp_path / "run")
 
 
-def test_a_second_train_into_the_same_run_dir_refuses(tmp_path):
-    proc = start(tmp_path / "run", "--epochs", "100")  # still running while the others try
-    wait_for_step(tmp_path / "run", 2, proc)
-    for args, says in [
-        (ARGS, "already holds a run"),
-        (["--resume"], f"in use by another simsiam train (pid {proc.pid})"),
-    ]:
-        res = simsiam("train", *args, "--run-dir", str(tmp_path / "run"))
-        assert res.returncode == 2
-        (line,) = errors(res.stderr)
-        assert says in line, line
-    assert proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+def test_a_second_train_into_the_same_run_dir_refuses(tmp_path, capsys):
+    proc = start(tmp_path / "run", "--epochs", "100")  # a separate process, still running while we try
+    try:
+        wait_for_step(tmp_path / "run", 2, proc)
+        for args, says in [
+            (ARGS, "already holds a run"),
+            (["--resume"], f"in use by another simsiam train (pid {proc.pid})"),
+        ]:
+            code, _, err = cli(capsys, "train", *args, "--run-dir", str(tmp_path / "run"))
+            assert code == 2
+            (line,) = errors(err)
+            assert says in line, line
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
     epochs = epochs_in(tmp_path / "run")
     assert epochs == list(range(1, len(epochs) + 1))  # never interleaved
 
 
-def tiny(run_dir, **kw):
-    base = dict(
-        width=0.125,
-        dim=64,
-        pred_dim=16,
-        proj_hidden=64,
-        subset=128,
-        batch_size=64,
-        epochs=2,
-        knn_every=0,
-        knn_random_init=False,
-        report=False,
-        run_dir=str(run_dir),
-    )
-    return from_preset("digits", **{**base, **kw})
-
-
 def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_metrics_consistent(tmp_path, monkeypatch):
+    """Also the end-of-epoch resume: after the failed epoch-2 checkpoint, --resume from epoch 1's
+    ends with the weights and losses of a run that was never stopped."""
     real = checkpoint.save
     calls = []
 
@@ -199,13 +206,16 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_metrics_consiste
 
     monkeypatch.setattr(checkpoint, "save", full_disk_the_second_time)
     with pytest.raises(checkpoint.TrainingError, match="No space left.*previous checkpoint is intact"):
-        train(tiny(tmp_path / "run"))
+        train(tiny_config(tmp_path / "run"))
     monkeypatch.undo()
     assert epochs_in(tmp_path / "run") == [1]  # the line of epoch 2 was not written: its checkpoint was not
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not list((tmp_path / "run").glob("*.new")) and not list((tmp_path / "run").glob("*.tmp"))
-    train(tiny(tmp_path / "run", resume=True))
+    train(tiny_config(tmp_path / "run", resume=True))
     assert epochs_in(tmp_path / "run") == [1, 2]
+    train(tiny_config(tmp_path / "straight"))
+    assert_same_weights(tmp_path / "straight", tmp_path / "run")
+    assert losses(tmp_path / "run") == losses(tmp_path / "straight")
 
 
 @pytest.mark.parametrize("where", ["run dir", "parent"])
@@ -230,49 +240,53 @@ def test_an_unwritable_run_dir_is_a_one_line_error(where, tmp_path, monkeypatch)
     if where == "parent":
         monkeypatch.setattr(type(tmp_path), "mkdir", no_mkdir)
     with pytest.raises(checkpoint.TrainingError, match=r"could not write .*Permission denied.*--run-dir"):
-        train(tiny(run_dir))
+        train(tiny_config(run_dir))
 
 
-def test_a_read_only_run_dir_is_one_line(tmp_path):
+def test_a_read_only_run_dir_is_one_line(tmp_path, capsys):
     if os.geteuid() == 0:
         pytest.skip("root writes into read-only directories")
     run_dir = tmp_path / "ro"
     run_dir.mkdir()
     run_dir.chmod(0o500)
-    res = simsiam("train", *ARGS, "--epochs", "1", "--run-dir", str(run_dir))
-    run_dir.chmod(0o700)
-    assert res.returncode == 2 and len(errors(res.stderr)) == 1
+    try:
+        code, _, err = cli(capsys, "train", *TINY, "--epochs", "1", "--run-dir", str(run_dir))
+    finally:
+        run_dir.chmod(0o700)
+    assert code == 2 and len(errors(err)) == 1, err
 
 
-def test_resume_names_what_changed_and_keeps_the_first_command(tmp_path):
-    train(tiny(tmp_path / "run", epochs=1))
+def test_resume_names_what_changed_and_keeps_the_first_command(tmp_path, capsys, monkeypatch):
+    train(tiny_config(tmp_path / "run", epochs=1))
     first = json.loads((tmp_path / "run" / "run.json").read_text())
-    res = simsiam("train", "--resume", "--run-dir", str(tmp_path / "run"), "--width", "0.25")
-    assert res.returncode == 2
-    (line,) = errors(res.stderr)
+    code, _, err = cli(capsys, "train", "--resume", "--run-dir", str(tmp_path / "run"), "--width", "0.25")
+    assert code == 2
+    (line,) = errors(err)
     assert "--width 0.125 (now 0.25)" in line and "resume with the run's own options" in line
-    res = simsiam("train", "--resume", "--run-dir", str(tmp_path / "run"), "--epochs", "2")
-    assert res.returncode == 0, res.stderr[-2000:]
+    args = ["train", "--resume", "--run-dir", str(tmp_path / "run"), "--epochs", "2"]
+    monkeypatch.setattr(sys, "argv", ["simsiam", *args])  # as the console script has it
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err[-2000:]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["command"] == first["command"] and len(record["resumed"]) == 1
-    assert "--resume" in record["resumed"][0]["command"]
+    assert record["resumed"][0]["command"] == ["simsiam", *args]
 
 
 def test_a_checkpoint_from_before_mid_epoch_resume_still_resumes(tmp_path):
     """Checkpoints written before this version have no step, rng, metrics or manifest."""
-    train(tiny(tmp_path / "run", epochs=1))
+    train(tiny_config(tmp_path / "run", epochs=1))
     path = tmp_path / "run" / "checkpoint.pt"
     state = torch.load(path, weights_only=True)
     for key in ["step", "order", "partial", "rng", "metrics"]:
         del state[key]
     torch.save(state, path)
     (tmp_path / "run" / "checkpoints.json").unlink()
-    s = train(tiny(tmp_path / "run", resume=True))
+    s = train(tiny_config(tmp_path / "run", resume=True))
     assert s["epochs"] == 2 and epochs_in(tmp_path / "run") == [1, 2]
 
 
 def test_memory_does_not_grow_over_epochs(tmp_path):
-    train(tiny(tmp_path / "run", epochs=6, subset=256))
+    train(tiny_config(tmp_path / "run", epochs=6, subset=256))
     rss = [json.loads(line)["rss_mb"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     if rss[0] is None:
         pytest.skip("no /proc/self/statm here")

@@ -12,10 +12,12 @@ import shutil
 import pytest
 import torch
 
-from simsiam import checkpoint, from_preset, train
+from simsiam import checkpoint, train
 from simsiam.checkpoint import numbered
 from simsiam.cli import main
 from simsiam.errors import TrainingError
+
+from conftest import make_folder, tiny_config
 
 
 class Killed(BaseException):
@@ -194,9 +196,8 @@ def test_a_damaged_manifest_is_rebuilt_from_the_disk(content, tmp_path):
 
 
 def tiny(run_dir, **kw):
-    base = dict(width=0.125, dim=64, pred_dim=16, proj_hidden=64, subset=128, batch_size=32, epochs=2)
-    quiet = dict(knn_every=0, knn_random_init=False, report=False)
-    return from_preset("digits", run_dir=str(run_dir), **{**base, **quiet, **kw})
+    """The tiny run in 4 steps of 32 an epoch."""
+    return tiny_config(run_dir, **{"batch_size": 32, **kw})
 
 
 def test_a_diverging_run_never_writes_a_non_finite_checkpoint(tmp_path):
@@ -321,8 +322,6 @@ def test_the_run_lock_is_not_inherited_by_dataloader_workers(tmp_path):
 
     from simsiam.data.datasets import load_folder
 
-    from conftest import make_folder
-
     train_set, _ = load_folder(str(make_folder(tmp_path / "photos", n=8)), 8, placement="stream")
     lock = checkpoint.RunLock(tmp_path).__enter__()
     batches = train_set.batches(2, workers=1)
@@ -346,7 +345,7 @@ def test_a_lock_file_planted_as_a_link_is_never_written_through(tmp_path):
 def test_eval_reports_a_collapsed_backbone_as_collapsed(tmp_path, capsys):
     """Every image giving the same feature is a collapse: the accuracy is the class prior's, and the
     result says so instead of passing it off as a measure of the backbone."""
-    from simsiam.evaluate import evaluate
+    from simsiam.evaluation import evaluate
 
     train(tiny(tmp_path / "run", epochs=1))
     healthy = evaluate(tmp_path / "run", "knn", progress=False)

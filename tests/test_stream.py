@@ -116,28 +116,23 @@ def test_streamed_training_survives_a_batch_left_with_one_image(tmp_path, capsys
     """End to end: every order of 5 readable and 3 unreadable files in batches of 2 leaves a batch
     with one image (an odd count in 4 batches) and one with two; training drops the first instead
     of failing in BatchNorm, and finishes."""
-    from simsiam import from_preset, train
+    from simsiam import train
+
+    from conftest import tiny_config
 
     root = tmp_path / "photos"
     files(root / "train", "gbgbggbg")
     files(root / "test", "gg")
-    cfg = from_preset(
-        "folder",
+    cfg = tiny_config(
+        tmp_path / "run",
+        preset="folder",
         data_dir=str(root),
         placement="stream",
         workers=0,
         image_size=16,
         load_size=16,
-        width=0.125,
-        dim=64,
-        pred_dim=16,
-        proj_hidden=64,
         batch_size=2,
         epochs=1,
-        knn_every=0,
-        knn_random_init=False,
-        report=False,
-        run_dir=str(tmp_path / "run"),
     )
     summary = train(cfg)
     assert np.isfinite(summary["loss"])

@@ -1,12 +1,12 @@
 """The package's shape (docs/architecture.md): no import cycle, lazy imports included; nothing
-imports train.py for a utility; the step loop has no branch on a method or an experiment."""
+imports the engine (engine.py) for a utility; the step loop has no branch on a method or an experiment."""
 
 import ast
 import inspect
 from pathlib import Path
 
 import simsiam
-from simsiam.train import train_one_epoch
+from simsiam.engine import train_one_epoch
 
 PACKAGE = Path(simsiam.__file__).parent
 
@@ -30,7 +30,7 @@ def imports() -> dict[str, set[str]]:
 
 def test_no_import_cycles():
     edges = imports()
-    assert "simsiam.train" in edges and "simsiam.methods.simsiam" in edges["simsiam.methods"]
+    assert "simsiam.engine" in edges and "simsiam.methods.simsiam" in edges["simsiam.methods"]
 
     def reach(start, node, seen):
         for nxt in edges[node]:
@@ -43,9 +43,16 @@ def test_no_import_cycles():
         reach(mod, mod, set())
 
 
-def test_only_the_cli_and_the_experiment_runner_import_train():
-    importers = {m for m, deps in imports().items() if "simsiam.train" in deps}
-    assert importers == {"simsiam", "simsiam.cli", "simsiam.experiments.runner"}  # the package: its API
+def test_only_the_cli_and_the_experiment_runner_import_the_engine():
+    importers = {m for m, deps in imports().items() if "simsiam.engine" in deps}
+    assert importers == {"simsiam.cli", "simsiam.experiments.runner"}  # the package's API loads it lazily
+
+
+def test_config_is_a_leaf():
+    """config.py imports no other part of simsiam but errors and options, so every module can take a
+    typed `cfg: Config` (a method's options live in the method's file, not in config.py)."""
+    assert imports()["simsiam.config"] <= {"simsiam.errors", "simsiam.options"}
+    assert imports()["simsiam.options"] <= {"simsiam.errors"}
 
 
 def test_the_step_loop_knows_no_method_and_no_experiment():
@@ -72,3 +79,18 @@ def test_every_robustness_row_names_tests_that_exist():
         for f, name in named:
             file = f or file
             assert file and re.search(rf"^def {name}\(", (tests / file).read_text(), re.M), f"{file}::{name} not found"
+
+
+def test_importing_simsiam_loads_no_training_stack_and_no_matplotlib():
+    """The package's names load when first used: `import simsiam` (and the CLI's parser) pull in
+    neither matplotlib nor the engine; the names still resolve."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, simsiam, simsiam.cli; simsiam.cli.build_parser(); "
+        "assert not {'matplotlib', 'simsiam.engine', 'simsiam.report'} & set(sys.modules), sorted(sys.modules); "
+        "from simsiam import Config, from_preset, train, write_report, SimSiam; print('ok')"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

@@ -2,47 +2,52 @@
 
 from simsiam import Config, from_preset, train
 summary = train(from_preset("digits", epochs=5, run_dir="runs/try"))
+
+The names below are imported when first used (PEP 562), so `import simsiam` alone loads neither
+torch's training stack nor matplotlib: the CLI's lazy imports then save what they promise.
 """
 
-from .backbones import build_backbone
-from .config import PRESETS, Config, from_preset
-from .data import Augment, ImageSet, load_splits
-from .errors import ConfigError, DataError, SimSiamError, TrainingError
-from .evaluate import extract_features, knn_accuracy, knn_predict
-from .methods import METHODS, Method, StepOutput, Views, build_model
-from .methods.heads import z_std
-from .methods.simsiam import SimSiam, negative_cosine
-from .report import write_report
-from .runs import load_backbone
-from .train import fit, train
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Augment",
-    "Config",
-    "ConfigError",
-    "DataError",
-    "ImageSet",
-    "METHODS",
-    "Method",
-    "PRESETS",
-    "SimSiam",
-    "SimSiamError",
-    "StepOutput",
-    "TrainingError",
-    "Views",
-    "build_backbone",
-    "build_model",
-    "extract_features",
-    "fit",
-    "from_preset",
-    "knn_accuracy",
-    "knn_predict",
-    "load_backbone",
-    "load_splits",
-    "negative_cosine",
-    "train",
-    "write_report",
-    "z_std",
-]
+_WHERE = {
+    "build_backbone": ".backbones",
+    "PRESETS": ".config",
+    "Config": ".config",
+    "from_preset": ".configure",
+    "Augment": ".data",
+    "ImageSet": ".data",
+    "load_splits": ".data",
+    "ConfigError": ".errors",
+    "DataError": ".errors",
+    "SimSiamError": ".errors",
+    "TrainingError": ".errors",
+    "extract_features": ".evaluate",
+    "knn_accuracy": ".evaluate",
+    "knn_predict": ".evaluate",
+    "METHODS": ".methods",
+    "Method": ".methods",
+    "StepOutput": ".methods",
+    "Views": ".methods",
+    "build_model": ".methods",
+    "z_std": ".methods.heads",
+    "SimSiam": ".methods.simsiam",
+    "negative_cosine": ".methods.simsiam",
+    "Summary": ".records",
+    "write_report": ".report",
+    "load_backbone": ".runs",
+    "fit": ".engine",
+    "train": ".engine",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name], __name__), name)
+    raise AttributeError(f"module 'simsiam' has no attribute {name!r}")

@@ -2,12 +2,8 @@
 any point cannot lose, safe loading, plain parameter names whatever wraps the model, and the lock
 of a running `simsiam train`.
 
-A training checkpoint is a dict (`check_state` checks it on loading): epoch, step (within the
-epoch; 0 at an epoch's end), order (the epoch's data permutation when mid-epoch), model
-(state_dict with plain keys), optimizer, generator (the run's data-order + augmentation RNG), rng
-(torch's CPU and CUDA generators), train_seconds, knn_random_init, config, memory (the Sec. 5.2
-target provider's state), metrics (every finished epoch's metrics line) and partial (the
-unfinished epoch's sums).
+A training checkpoint is the dict of a `records.TrainingState` (its one definition: what each
+entry holds, and the checks when one is read back).
 
 On disk, every checkpoint is RUN_DIR/checkpoint-<global step>.pt, written completely (temporary
 file, fsync, rename) before anything else changes; RUN_DIR/checkpoint.pt then names the newest (a
@@ -25,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import pickle
 import re
@@ -38,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from .errors import DataError, TrainingError, UnsafeFile
+from .records import TrainingState
 from .runtime import hold_lock
 
 CHECKPOINT = "checkpoint.pt"  # the newest, always
@@ -169,61 +165,6 @@ def load(path: str | Path, map_location: str | torch.device = "cpu"):
         raise DataError(
             f"cannot read checkpoint {path} ({type(e).__name__}); is it a complete torch checkpoint?"
         ) from None
-
-
-def check_state(state, path: str | Path) -> dict:
-    """`state` if it has the shape of a training checkpoint (see the module's docstring), else a
-    one-line DataError naming `path` and the first thing wrong. Values are checked for type and
-    range; whether they fit the run (shapes, the data order's length) is `train.resume`'s check."""
-
-    def bad(what: str) -> DataError:
-        return DataError(f"{path} is not a usable simsiam checkpoint ({what}); resume from another one or retrain")
-
-    def number(key: str, low: float = 0.0) -> None:
-        v = state.get(key)
-        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
-            raise bad(f"{key} is {type(v).__name__}, not a finite number")
-        if v is not None and v < low:
-            raise bad(f"{key} is {v}, below {low}")
-
-    if not isinstance(state, dict):
-        raise bad(f"a {type(state).__name__}, not a dict")
-    for key in ("epoch", "step"):
-        v = state.get(key, 0)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise bad(f"{key} is {v!r}, not a count")
-    if not isinstance(state.get("model"), dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()
-    ):
-        raise bad("model is not a state_dict of tensors")
-    if not isinstance(state.get("optimizer"), dict):
-        raise bad("no optimizer state")
-    if not isinstance(state.get("config"), dict):
-        raise bad("no config")
-    generator = state.get("generator")
-    if not (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8 and generator.dim() == 1):
-        raise bad("generator is not a generator state")
-    rng = state.get("rng", {})
-    if not isinstance(rng, dict) or not isinstance(rng.get("cpu", torch.zeros(0, dtype=torch.uint8)), torch.Tensor):
-        raise bad("rng is not a dict of generator states")
-    number("train_seconds")
-    number("knn_random_init")
-    if not isinstance(state.get("metrics", []), list) or not all(isinstance(m, dict) for m in state.get("metrics", [])):
-        raise bad("metrics is not a list of epoch lines")
-    order, partial = state.get("order"), state.get("partial")
-    if state.get("step", 0):
-        if not (isinstance(order, torch.Tensor) and order.dim() == 1 and not order.is_floating_point()):
-            raise bad("a mid-epoch checkpoint without its data order")
-        if not (
-            isinstance(partial, dict)
-            and isinstance(partial.get("steps"), int)
-            and isinstance(partial.get("seconds"), (int, float))
-            and all(
-                isinstance(partial.get(k), torch.Tensor) and partial[k].numel() == 1 for k in ("loss_sum", "zstd_sum")
-            )
-        ):
-            raise bad("a mid-epoch checkpoint without the epoch's partial sums")
-    return state
 
 
 def sha256(path: Path) -> str:
@@ -404,10 +345,10 @@ def _recorded(run_dir: Path, e: dict) -> dict:
     return {**e, "epoch": e.get("epoch", 0), "step": e.get("step", 0), "size": size, "sha256": digest}
 
 
-def load_latest(run_dir: Path, map_location: str | torch.device = "cpu", warn: Warn = None) -> dict:
+def load_latest(run_dir: Path, map_location: str | torch.device = "cpu", warn: Warn = None) -> TrainingState:
     """The newest complete checkpoint of a run directory (see `checkpoints`): it must match its
-    recorded size and hash, load, and hold a training state (`check_state`); each one that does not
-    is reported through `warn` and the next older one tried."""
+    recorded size and hash, load, and hold a training state (`TrainingState.from_dict`); each one
+    that does not is reported through `warn` and the next older one tried."""
     run_dir = Path(run_dir)
     problems = []
     for e in checkpoints(run_dir, warn):
@@ -416,7 +357,7 @@ def load_latest(run_dir: Path, map_location: str | torch.device = "cpu", warn: W
             if "sha256" in e and (path.stat().st_size != e["size"] or sha256(path) != e["sha256"]):
                 problems.append(f"{path} does not match its recorded size and hash (torn or corrupt)")
                 continue
-            state = check_state(load(path, map_location), path)
+            state = TrainingState.from_dict(load(path, map_location), path)
         except UnsafeFile:
             raise  # a crafted file: stop here, do not go looking for another
         except (DataError, OSError) as err:

@@ -1,19 +1,20 @@
-"""The `simsiam` command. Thin: parse arguments, build a Config, call the library.
+"""The `simsiam` command. Thin: parse arguments, build a Config (`configure`), call the library.
 
-Every Config field is an option (`--batch-size`, `--no-stop-gradient`, ...); a preset gives the
-starting values and only the options you type override it.
+Every Config field and every method's own option is an option (`--batch-size`,
+`--no-stop-gradient`, `--temperature`, ...); a preset gives the starting values and only the
+options you type override it; an option of another method than the one chosen is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import typing
 from pathlib import Path
 
-from .config import DATASETS, DEFAULT_PRESET, PRESETS, Config, from_preset, read_config_file
+from .config import DATASETS, DEFAULT_PRESET, PRESETS, Config
+from .configure import follow_the_images, from_preset, resume_config, with_file
 from .errors import ConfigError, Interrupted, SimSiamError
 from .methods import METHODS
 from .options import (
@@ -24,42 +25,67 @@ from .options import (
     LinearOptions,
     ReproduceOptions,
 )
+from .records import Summary
 from .runtime import log, resolve_device
 
 _HIDDEN = {"preset", "resume"}  # set by --preset / --resume, which get their own help
 
 
-def _add_options(parser: argparse.ArgumentParser, cls: type, hidden=(), preset_defaults: bool = False) -> None:
+def _add_options(parser, cls: type, hidden=(), preset_defaults: bool = False) -> None:
     """One argument per field of the option set `cls` (Config, KnnOptions, ...): its help, its
-    default and its constraint come from the field's declaration. With `preset_defaults` (Config)
+    default and its constraint come from the field's declaration. With `preset_defaults` (train)
     argparse keeps no default, so that only the options typed override the preset."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in hidden:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        base = args[0] if args and type(None) in typing.get_args(hint) else hint
-        allowed = f.metadata["check"].hint if "check" in f.metadata else ""
-        text = f.metadata["help"].replace("%", "%%")
-        kw: dict
-        if preset_defaults:
+        if f.name not in hidden and not f.metadata.get("internal"):
             default = f.default if f.default is not dataclasses.MISSING else None
-            rule = f"{allowed}; " if allowed else ""
-            kw = {
-                "default": argparse.SUPPRESS,
-                "help": f"{text} [{rule}paper/Config default: {_show(default)}; presets may change it]",
-            }
-        else:
-            kw = {"default": f.default, "help": text + (f" [{allowed}]" if allowed else "") + " (default: %(default)s)"}
-        if base is bool:
-            action = argparse.BooleanOptionalAction if preset_defaults else "store_true"
-            parser.add_argument(flag, action=action, **kw)
-        elif typing.get_origin(base) is tuple:
-            parser.add_argument(flag, type=float, nargs=f.metadata["nargs"], metavar="X", **kw)
-        else:
-            parser.add_argument(flag, type=base, metavar=f.name.upper().split("_")[-1], **kw)
+            where = "paper/Config default" if cls is Config else f"default {_show(default)}"
+            text = f.metadata["help"] + (f": {' | '.join(METHODS)}" if cls is Config and f.name == "method" else "")
+            _add_field(parser, f, hints[f.name], text, preset_defaults and where)
+
+
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """Every method's own options, one flag per name: one that several methods declare
+    (--temperature) says each one's meaning and default; whether the chosen method has it is
+    checked when the config is built (`configure.from_dict`), from the same declarations."""
+    group = parser.add_argument_group("options of the methods (each only with a --method that has it)")
+    declared: dict[str, list] = {}
+    for name, method in METHODS.items():
+        hints = typing.get_type_hints(method.Options)
+        for f in dataclasses.fields(method.Options):
+            declared.setdefault(f.name, []).append((name, f, hints[f.name]))
+    for found in declared.values():
+        _, f, hint = found[0]
+        helps = [f"{name}: {g.metadata['help']} (default {_show(g.default)})" for name, g, _ in found]
+        _add_field(group, f, hint, "; ".join(helps), "preset")
+
+
+def _add_field(parser, f: dataclasses.Field, hint, text: str, preset_default: str | bool = False) -> None:
+    """The argument of one declared field; `preset_default`: no argparse default (only the options
+    typed override the preset), the help says where the default comes from."""
+    flag = "--" + f.name.replace("_", "-")
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args and type(None) in typing.get_args(hint) else hint
+    allowed = f.metadata["check"].hint if "check" in f.metadata else ""
+    text = text.replace("%", "%%")
+    kw: dict
+    if preset_default == "preset":
+        kw = {"default": argparse.SUPPRESS, "help": text + (f" [{allowed}]" if allowed else "")}
+    elif preset_default:
+        rule = f"{allowed}; " if allowed else ""
+        kw = {
+            "default": argparse.SUPPRESS,
+            "help": f"{text} [{rule}{preset_default}: {_show(f.default)}; presets may change it]",
+        }
+    else:
+        kw = {"default": f.default, "help": text + (f" [{allowed}]" if allowed else "") + " (default: %(default)s)"}
+    if base is bool:
+        action = argparse.BooleanOptionalAction if preset_default else "store_true"
+        parser.add_argument(flag, action=action, **kw)
+    elif typing.get_origin(base) is tuple:
+        parser.add_argument(flag, type=float, nargs=f.metadata["nargs"], metavar="X", **kw)
+    else:
+        parser.add_argument(flag, type=base, metavar=f.name.upper().split("_")[-1], **kw)
 
 
 def _show(v) -> str:
@@ -104,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(options given here override it, e.g. --epochs to train longer)",
     )
     _add_options(tr, Config, hidden=_HIDDEN, preset_defaults=True)
+    _add_method_options(tr)
 
     ev = sub.add_parser("eval", help="evaluate a trained backbone (kNN or linear probe)")
     ev_sub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
@@ -219,34 +246,11 @@ def _add_experiment_options(p: argparse.ArgumentParser, options: type[Experiment
 
 
 def _experiment_overrides(args, options: type[ExperimentOptions]) -> dict:
-    """The config overrides that `reproduce` and `compare` apply to every run; the options are
-    checked, and --data-dir found, before anything trains."""
-    from .data.datasets import require_folder
+    """`reproduce`'s and `compare`'s options as the overrides of every run (`experiments.overrides`)."""
+    from .experiments.runner import overrides
 
     checked = options.from_args(args)
-    if args.scale == "paper" and not args.data_dir and args.dataset in (None, "folder"):
-        raise ConfigError("--scale paper trains on ImageNet: give --data-dir DIR (train/ and val/ class folders)")
-    if args.data_dir:
-        require_folder(args.data_dir, "give --data-dir a folder of images (sub-folders = classes) or a dataset copy")
-    common = {
-        k: v
-        for k, v in [
-            ("data_dir", args.data_dir),
-            ("dataset", args.dataset or ("folder" if args.data_dir else None)),
-            ("epochs", checked.epochs),
-            ("device", checked.device),
-        ]
-        if v is not None
-    }
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item}: write KEY=VALUE, e.g. --set width=0.5")
-        try:
-            common[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            common[key.replace("-", "_")] = value  # a bare string such as --set arch=resnet34
-    return common
+    return overrides(args.scale, args.data_dir, args.dataset, checked.epochs, checked.device, args.set)
 
 
 def _add_source_and_data(p: argparse.ArgumentParser) -> None:
@@ -265,62 +269,37 @@ def _add_source_and_data(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(ns: argparse.Namespace) -> Config:
+    """The Config `simsiam train`'s arguments ask for: --resume's, --config's or a preset's, with
+    the options typed on top (the folder preset's crop size follows the images unless given)."""
     given = {k: v for k, v in vars(ns).items() if k not in ("command", "config", "preset")}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
     if given.get("resume"):
         if "run_dir" not in given:
             raise ConfigError("--resume needs --run-dir DIR (the run to continue)")
-        saved = Path(given["run_dir"]) / "config.json"
-        if not saved.exists():
-            raise ConfigError(f"--resume: {saved} not found; is --run-dir the directory of an earlier run?")
-        saved_cfg = read_config_file(saved, "--resume: config file")
-        saved_cfg.pop("cache_dir", None)  # a run directory does not choose where this machine writes its cache
-        return Config.from_dict({**saved_cfg, **given})
+        return resume_config(given["run_dir"], given)
     if "config" in ns:
-        return Config.from_dict({**read_config_file(ns.config, "--config"), **given})
+        return with_file(ns.config, given)
     preset = getattr(ns, "preset", "folder" if "data_dir" in given else DEFAULT_PRESET)  # --data-dir alone: photos
     if preset == "folder" and "image_size" not in given and given.get("data_dir"):
-        given = {**_follow_the_images(given["data_dir"], given), **given}
+        given = {**follow_the_images(given["data_dir"], given), **given}
     return from_preset(preset, **given)
-
-
-def _follow_the_images(data_dir: str, given: dict) -> dict:
-    """The folder preset's crop size (and blur, stem) from the images' median shorter side,
-    printed; options the user gave win."""
-    from .backbones import RESNETS
-    from .config import folder_recipe
-    from .data.datasets import typical_size
-
-    found = typical_size(data_dir)
-    if found is None:
-        return {}
-    side, n = found
-    recipe = {k: v for k, v in folder_recipe(side).items() if k not in given}
-    if given.get("arch", PRESETS["folder"]["arch"]) not in RESNETS:
-        recipe.pop("cifar_stem", None)  # a ResNet stem; other backbones keep their own
-    small = recipe.get("cifar_stem") and "the paper's recipe for small images: CIFAR stem, no blur"
-    log(
-        f"folder preset: the images' median shorter side is {side} px ({n} sampled): --image-size "
-        f"{recipe['image_size']}" + (f", {small}" if small else "") + " (give --image-size to choose)"
-    )
-    return recipe
 
 
 # --- one function per subcommand; each gets the parsed arguments -----------------------------
 
 
 def _train(args) -> None:
-    from .train import train
+    from .engine import train
 
     log(_describe(train(config_from_args(args))))
 
 
 def _eval(args) -> None:
-    from .evaluate import evaluate
-    from .runtime import process_group
+    from .evaluation import evaluate
+    from .parallel import process_group
 
     options = dataclasses.asdict((KnnOptions if args.protocol == "knn" else LinearOptions).from_args(args))
-    with process_group(args.device):  # under torchrun every process extracts a share of the features
+    with process_group(resolve_device(args.device)):  # under torchrun each process extracts a share of the features
         res = evaluate(
             args.source,
             args.protocol,
@@ -329,16 +308,15 @@ def _eval(args) -> None:
             out=args.out,
             **options,
         )
-    top5 = f", top-5 {100 * res['top5']:.2f}%" if "top5" in res else ""
-    images = res.get("num_queries", res.get("num_test"))
-    if res["collapsed"]:  # the accuracy of identical features is the class prior's: not a measure of anything
+    top5 = f", top-5 {100 * res.top5:.2f}%" if res.top5 is not None else ""
+    if res.collapsed:  # the accuracy of identical features is the class prior's: not a measure of anything
         log(
-            f"{res['protocol']}: COLLAPSED: the backbone gives (almost) the same feature for every image (spread "
-            f"{res['feature_spread']:.1e}); its top-1 {100 * res['top1']:.2f}% on {images} test images is chance, "
-            f"not a measure of the features -> {res['path']}"
+            f"{res.protocol}: COLLAPSED: the backbone gives (almost) the same feature for every image (spread "
+            f"{res.feature_spread:.1e}); its top-1 {100 * res.top1:.2f}% on {res.num_test} test images is chance, "
+            f"not a measure of the features -> {res.path}"
         )
         return
-    log(f"{res['protocol']} top-1 {100 * res['top1']:.2f}%{top5} ({images} test images) -> {res['path']}")
+    log(f"{res.protocol} top-1 {100 * res.top1:.2f}%{top5} ({res.num_test} test images) -> {res.path}")
 
 
 def _export(args) -> None:
@@ -442,16 +420,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _describe(s: dict) -> str:
-    lines = [f"done in {s['train_seconds']:.0f} s ({s['images_per_second']:.0f} images/s); run in {s['run_dir']}"]
-    if s["knn_top1"] is None:
+def _describe(s: Summary) -> str:
+    lines = [f"done in {s.train_seconds:.0f} s ({s.images_per_second:.0f} images/s); run in {s.run_dir}"]
+    if s.knn_top1 is None:
         knn = "kNN: not measured (the data has no labels)"
     else:
-        knn = f"kNN top-1 ({s['num_test']} test images): trained {100 * s['knn_top1']:.2f}%"
-    if s["knn_top1"] is not None and s.get("knn_top1_random_init") is not None:
-        gain = 100 * (s["knn_top1"] - s["knn_top1_random_init"])
-        knn += f" vs random init {100 * s['knn_top1_random_init']:.2f}% ({gain:+.2f} points)"
+        knn = f"kNN top-1 ({s.num_test} test images): trained {100 * s.knn_top1:.2f}%"
+        if s.knn_top1_random_init is not None:
+            gain = 100 * (s.knn_top1 - s.knn_top1_random_init)
+            knn += f" vs random init {100 * s.knn_top1_random_init:.2f}% ({gain:+.2f} points)"
     lines.append(knn)
-    state = "COLLAPSED" if s["collapsed"] else "no collapse"
-    lines.append(f"z-std {s['z_std']:.4f} (healthy ~1/sqrt(d) = {s['z_std_healthy']:.4f}): {state}")
+    state = "COLLAPSED" if s.collapsed else "no collapse"
+    lines.append(f"z-std {s.z_std:.4f} (healthy ~1/sqrt(d) = {s.z_std_healthy:.4f}): {state}")
     return "\n".join(lines)

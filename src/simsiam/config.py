@@ -1,4 +1,10 @@
-"""The run configuration: one typed dataclass, named presets, strict loading.
+"""The run configuration: one typed dataclass for the run, named presets, strict file reading.
+
+`Config` knows the run (data, model, optimisation, schedule, augmentation, monitoring, output) and
+nothing of any method: what a method adds is its own small options dataclass (a `MethodOptions`
+subclass in its file, e.g. `SimSiamOptions`), held in `Config.options`. Building a Config from a
+preset, a dict, a file or command-line values, with the method's options, is `configure.py`'s job;
+this module imports no other part of simsiam but `errors` and `options`.
 
 Every field's default is the paper's ImageNet value unless its comment says otherwise; presets
 (`PRESETS`) override fields for a dataset or a scale, and the CLI overrides any field on top.
@@ -11,10 +17,9 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .backbones import check_arch
 from .errors import ConfigError
-from .methods import METHODS
 from .options import (
     COUNT,
     DEVICE,
@@ -26,7 +31,6 @@ from .options import (
     Each,
     Int,
     Pair,
-    Pattern,
     Range,
     check_fields,
 )
@@ -46,10 +50,9 @@ class Config:
     # --- what to train on
     method: str = _opt(
         "simsiam",
-        f"self-supervised method: {' | '.join(METHODS)} (each sets its own defaults, "
-        "e.g. simclr: no predictor, no stop-gradient; options you give override them)",
-        check=Choice(METHODS),
+        "self-supervised method (each has its own options and defaults; options you give override them)",
     )
+    options: MethodOptions | None = dataclasses.field(default=None, metadata={"help": "", "internal": True})
     dataset: str = _opt(
         "digits",
         "digits (embedded, no download) | cifar10 | cifar100 | stl10 (torchvision: "
@@ -97,41 +100,6 @@ class Config:
     proj_hidden: int = _opt(2048, "projector hidden width ('the hidden fc is 2048-d', Sec. 3)", check=POSITIVE_INT)
     dim: int = _opt(2048, "output dimension d of the projector and of the predictor", check=POSITIVE_INT)
     pred_dim: int = _opt(512, "predictor bottleneck width (512 for d = 2048, Sec. 3)", check=POSITIVE_INT)
-    stop_gradient: bool = _opt(True, "stop-gradient on the target z; off collapses (paper Fig. 2)")
-    predictor: bool = _opt(True, "predictor MLP h; off collapses (paper Table 1a)")
-    fixed_predictor: bool = _opt(False, "keep the predictor at its random init, never updated (paper Table 1b: 1.5%)")
-    head_bn: str = _opt(
-        "default",
-        "BN in the MLP heads (paper Table 3): none | hidden (hidden layers only) | default "
-        "(hidden + projector output) | all (also the predictor output: unstable); mocov2: none is "
-        "MoCo v2's own projector",
-        check=Choice(("none", "hidden", "default", "all")),
-    )
-    similarity: str = _opt(
-        "cosine",
-        "D(p, z): cosine (Eq. 1) | cross-entropy (softmax over channels, Sec. 4.5: 63.2 vs 68.1)",
-        check=Choice(("cosine", "cross-entropy")),
-    )
-    symmetry: str = _opt(
-        "sym",
-        "loss terms (Sec. 4.6): sym (Eq. 2) | asym: D(p1, sg(z2)) only | asym2x: asym on two "
-        "augmentation pairs per image (same predictions per image as sym)",
-        check=Choice(("sym", "asym", "asym2x")),
-    )
-    alternation: str = _opt(
-        "off",
-        "Sec. 5.2 k-step alternation: off (SimSiam) | K: targets eta = f(T'(x)) from the frozen "
-        "encoder, pre-computed for the next K steps, then K SGD steps against them | epoch",
-        check=Pattern("off|epoch|0*[1-9][0-9]*", "off, epoch or a positive number of steps"),
-    )
-    target_memory: bool = _opt(
-        False,
-        "Sec. 5.2 expectation over augmentations: one target eta_x per training image, a "
-        "moving average of f(T'(x)); use with --no-predictor (paper: 55.0%, no collapse)",
-    )
-    memory_momentum: float = _opt(
-        0.8, "m in eta_x <- m eta_x + (1 - m) f(T'(x)) for --target-memory (paper: 0.8)", check=Range(ge=0, lt=1)
-    )
     # --- optimisation (official code defaults for ImageNet)
     epochs: int = _opt(100, "training epochs", check=POSITIVE_INT)
     batch_size: int = _opt(
@@ -181,46 +149,6 @@ class Config:
     std: tuple[float, float, float] = _opt(
         (0.229, 0.224, 0.225), "normalisation std", check=Each((POSITIVE,) * 3, why="it divides the images"), nargs=3
     )
-    # --- baselines (simclr, byol, swav, mocov2: paper Sec. 6, DESIGN.md Sec. 4); unused by simsiam
-    temperature: float = _opt(
-        0.1,
-        "SimCLR NT-Xent, SwAV softmax and MoCo v2 InfoNCE temperature (each method sets its own: "
-        "simclr 0.2, swav 0.1, mocov2 0.2)",
-        check=POSITIVE,
-    )
-    ema_tau: float = _opt(
-        0.99,
-        "BYOL: base EMA rate of the target encoder, raised to 1 by a cosine over the steps "
-        "(BYOL: 0.996 on ImageNet, 0.99 on CIFAR); mocov2: the key encoder's momentum m, constant "
-        "(MoCo: 0.999 on ImageNet, 0.99 on CIFAR)",
-        check=Range(ge=0, le=1),
-    )
-    prototypes: int = _opt(
-        3000,
-        "SwAV: number of prototypes K (l2-normalised, no bias); SwAV's 3000 is for ImageNet, "
-        "a few hundred suit 10-100 classes (digits preset: 100)",
-        check=POSITIVE_INT,
-    )
-    sinkhorn_iters: int = _opt(3, "SwAV: Sinkhorn-Knopp iterations", check=POSITIVE_INT)
-    sinkhorn_eps: float = _opt(0.05, "SwAV: Sinkhorn-Knopp epsilon (entropy regularisation)", check=POSITIVE)
-    freeze_prototypes_epochs: int = _opt(1, "SwAV: prototypes get no update during the first N epochs", check=COUNT)
-    queue_size: int = _opt(
-        0,
-        "SwAV: queue of past projections used in Sinkhorn (0 = off); mocov2: the queue of negative keys, "
-        "at least 2 x --batch-size (its default 4096; MoCo v2: 65536 on ImageNet)",
-        check=COUNT,
-    )
-    queue_start_epoch: int = _opt(0, "SwAV: epoch from which the queue is used", check=COUNT)
-    small_crops: int = _opt(0, "multi-crop: number of extra small views (SwAV: 6); 0 = two views only", check=COUNT)
-    small_crop_size: int = _opt(
-        96,
-        "multi-crop: size of the small views, below --image-size (SwAV: 96 for 224 px; "
-        "18 for 32 px with --small-crop-scale 0.08 0.5; digits preset: 8)",
-        check=IMAGE_SIZE,
-    )
-    small_crop_scale: tuple[float, float] = _opt(
-        (0.05, 0.14), "multi-crop: area fraction range of the small views", check=Pair(gt=0, le=1), nargs=2
-    )
     blur_p2: float | None = _opt(
         None, "blur probability of the second view (BYOL: 0.1); None = same as --blur-p", check=PROBABILITY
     )
@@ -262,7 +190,6 @@ class Config:
     compile: bool = _opt(
         False, "torch.compile the training step (faster on GPUs after a warm-up; checkpoints keep plain keys)"
     )
-    concat_views: bool = _opt(False, "one forward pass over both views; changes BN statistics, so off (official code)")
     log_every: int = _opt(10, "steps between progress-bar updates (each one syncs with the device)", check=POSITIVE_INT)
     resume: bool = _opt(False, "continue from RUN_DIR/checkpoint.pt")
     checkpoint_every: int = _opt(
@@ -284,27 +211,15 @@ class Config:
 
     def validate(self) -> None:
         check_fields(self)  # each field's own `check=`, in the order declared above
-        # relations between options (not declarations), and what only some methods implement:
+        # relations between options (not declarations):
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise ConfigError(
                 f"--warmup-epochs {self.warmup_epochs} leaves no epoch for the cosine of --epochs {self.epochs}"
             )
-        if self.alternation != "off" and self.target_memory:
-            raise ConfigError("--alternation and --target-memory are two different Sec. 5.2 experiments; choose one")
-        if self.alternation != "off" and (self.symmetry == "asym2x" or self.small_crops):
-            raise ConfigError(
-                "--alternation replays two views per step; it does not combine with --symmetry asym2x or --small-crops"
-            )
-        if self.target_memory and self.symmetry == "asym2x":
-            raise ConfigError("--target-memory has one target per image; --symmetry asym2x does not apply")
         if self.load_size and self.load_size < self.image_size:
             raise ConfigError(
                 f"--load-size {self.load_size} must be at least --image-size {self.image_size} (or 0: the same)"
             )
-        if self.small_crops and self.small_crop_size >= self.image_size:
-            raise ConfigError(f"--small-crop-size {self.small_crop_size} must be below --image-size {self.image_size}")
-        by_preset = self.preset in PRESETS and {"cifar_stem", "width"} & set(PRESETS[self.preset])
-        check_arch(self.arch, self.cifar_stem, self.width, f" (preset {self.preset} sets them)" if by_preset else "")
         if self.dataset == "digits" and self.data_dir:
             raise ConfigError(
                 f"--data-dir {self.data_dir} is not read with --dataset digits; add --dataset folder "
@@ -312,7 +227,9 @@ class Config:
             )
         if self.dataset == "folder" and not self.data_dir:
             raise ConfigError("--dataset folder needs --data-dir DIR (a folder of images)")
-        METHODS[self.method].check_config(self)  # the options only some methods implement
+        if self.options is not None:
+            check_fields(self.options)
+            self.options.check(self)  # the method's own rules between its options and the run's
 
     @property
     def stored_size(self) -> int:
@@ -323,25 +240,50 @@ class Config:
     def scaled_lr(self) -> float:
         return self.lr * self.batch_size / 256
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, d: dict) -> Config:
-        """Build from a plain dict (JSON); unknown keys and wrong types fail loudly."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"a config is a JSON object of option: value pairs, not {_json_kind(d)}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(map(str, set(d) - set(known)))
-        if unknown:
-            raise ConfigError(
-                f"unknown config key(s) {', '.join(unknown)}; valid keys are the options of `simsiam train --help`"
-            )
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce(k, v, hints[k]) for k, v in d.items()})
+    def names(cls) -> list[str]:
+        """The run's option names (the fields, less `options`)."""
+        return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+    def to_dict(self) -> dict:
+        """The run's options and then the method's, as one flat dict (config.json, --config)."""
+        run = {name: getattr(self, name) for name in self.names()}
+        return {**run, **(dataclasses.asdict(self.options) if self.options is not None else {})}
 
     def replace(self, **changes) -> Config:
-        return Config.from_dict({**self.to_dict(), **changes})
+        """A copy with `changes` (the run's options or the method's own), checked again; another
+        method is `configure.from_dict`'s (its options are another class)."""
+        if "method" in changes and changes["method"] != self.method:
+            raise ConfigError("changing the method of a Config needs its options too: use configure.from_dict")
+        own = {f.name for f in dataclasses.fields(self.options)} if self.options is not None else set()
+        unknown = sorted(set(changes) - set(self.names()) - own)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for --method {self.method}")
+        run = coerce_fields(type(self), {k: v for k, v in changes.items() if k not in own})
+        options = self.options
+        if options is not None and own & set(changes):
+            mine = coerce_fields(type(options), {k: v for k, v in changes.items() if k in own})
+            options = dataclasses.replace(options, **mine)
+        return dataclasses.replace(self, **run, options=options)
+
+
+@dataclass
+class MethodOptions:
+    """A method's own options (subclassed in each method's file, fields made with `options.opt`).
+    `check` holds the rules between them and the run's options."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def check(self, cfg: Config) -> None:
+        """Rules between this method's options and the run's (`cfg`)."""
+
+
+def coerce_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """JSON values checked against `cls`'s field types (tuples arrive as lists): a ConfigError
+    naming the key for a value of the wrong type."""
+    hints = typing.get_type_hints(cls)
+    return {k: _coerce(k, v, hints[k]) for k, v in values.items()}
 
 
 def _coerce(name, value, hint):
@@ -460,20 +402,6 @@ PRESETS: dict[str, dict] = {
 DEFAULT_PRESET = "digits"
 
 
-def from_preset(name: str | None, **overrides) -> Config:
-    """Preset values, then the method's own defaults (its `DEFAULTS`), then `overrides`."""
-    name = name or DEFAULT_PRESET
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    method = overrides.get("method", PRESETS[name].get("method", "simsiam"))
-    return Config.from_dict({**PRESETS[name], **_method_defaults(method), **overrides, "preset": name})
-
-
-def _method_defaults(method: str) -> dict:
-    known = isinstance(method, str) and method in METHODS  # not `[] in METHODS`: a list is unhashable
-    return METHODS[method].DEFAULTS if known else {}  # an unknown name fails in validate
-
-
 def read_config_file(path, what: str = "config file") -> dict:
     """The option: value object of a JSON config file (`--config`, a run's config.json); a file
     that cannot be read, is not UTF-8 JSON or holds anything but an object is a one-line
@@ -488,18 +416,14 @@ def read_config_file(path, what: str = "config file") -> dict:
         why = str(e).splitlines()[0] if str(e) else "nested too deeply"
         raise ConfigError(f"{what} {path} is not valid JSON ({why})") from None
     if not isinstance(d, dict):
-        raise ConfigError(f"{what} {path} holds {_json_kind(d)}, not a JSON object of option: value pairs")
+        raise ConfigError(f"{what} {path} holds {json_kind(d)}, not a JSON object of option: value pairs")
     return d
 
 
-def _json_kind(v) -> str:
+def json_kind(v) -> str:
     if v is None or isinstance(v, bool):
         return json.dumps(v)
     if isinstance(v, (int, float)):
         return "a number"
     kinds: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
     return kinds.get(type(v), type(v).__name__)
-
-
-def load_json(path) -> Config:
-    return Config.from_dict(read_config_file(path))

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .data import ImageSet
 from .errors import ConfigError
-from .methods.base import StepOutput, Targets
+from .methods.base import StepOutput, Targeting, Targets
 from .parallel import broadcast, gather_rows
 from .views import ViewPlan
 
@@ -162,7 +162,8 @@ def _chunks(n: int, batch_size: int, device) -> list[torch.Tensor]:
 
 
 def target_provider(
-    cfg,
+    targeting: Targeting,
+    global_batch: int,
     encoder: nn.Module,
     train_set,
     plan: ViewPlan,
@@ -170,13 +171,14 @@ def target_provider(
     batch_size: int,
     autocast: Callable[[], AbstractContextManager],
 ) -> NoTargets:
-    """The provider of `cfg`'s experiment (NoTargets when there is none); `batch_size` is this
-    process's share of the global batch."""
-    if cfg.alternation == "off" and not cfg.target_memory:
+    """The provider of the method's Sec. 5.2 experiment (NoTargets when there is none);
+    `batch_size` is this process's share of the `global_batch`."""
+    if targeting.alternation == "off" and not targeting.memory:
         return NoTargets()
     if not isinstance(train_set, ImageSet):
         raise ConfigError("--alternation and --target-memory index the training images; use --placement memory")
-    steps = len(train_set) // cfg.batch_size
-    if cfg.alternation != "off":
-        return KStepTargets(encoder, train_set, plan, batch_size, block_length(cfg.alternation, steps), steps, autocast)
-    return TargetMemory(encoder, train_set, plan, batch_size, dim, cfg.memory_momentum, train_set.images.device)
+    steps = len(train_set) // global_batch
+    if targeting.alternation != "off":
+        k = block_length(targeting.alternation, steps)
+        return KStepTargets(encoder, train_set, plan, batch_size, k, steps, autocast)
+    return TargetMemory(encoder, train_set, plan, batch_size, dim, targeting.momentum, train_set.images.device)

@@ -1,5 +1,6 @@
-"""Evaluation of a frozen backbone: the weighted kNN monitor and the linear probe, and
-`evaluate`, which `simsiam eval` calls (a run's backbone + its data -> a JSON result).
+"""Evaluation of a frozen backbone, the algorithms: features, the weighted kNN monitor, the linear
+probes, the spread that tells a collapse, each protocol's typed result (`knn_report`,
+`linear_report`). The `simsiam eval` command around them is `evaluation.py`.
 
 kNN (Wu et al. 2018, as used to monitor SimSiam): l2-normalised features of the train split are the
 bank, test features the queries; the k most cosine-similar bank entries vote for their label with
@@ -8,18 +9,14 @@ weight exp(sim / T). Everything runs in chunks on the features' device.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint
 from .data.augment import prepare
-from .errors import ConfigError, DataError, TrainingError
-from .parallel import gather_rows, shard
-from .runtime import is_main, rank_and_world
+from .errors import DataError, TrainingError
+from .parallel import gather_rows, rank_and_world, shard
+from .records import KnnResult, LinearResult
 
 
 @torch.no_grad()
@@ -230,29 +227,26 @@ def feature_spread(feats: torch.Tensor) -> float:
     return (unit - unit.mean(0)).norm(dim=1).mean().item()
 
 
-def collapse_fields(feats: torch.Tensor) -> dict:
-    """The "feature_spread" and "collapsed" fields of an evaluation result."""
-    spread = feature_spread(feats)
-    return {"feature_spread": spread, "collapsed": spread < COLLAPSED_SPREAD}
-
-
-def knn_report(backbone: nn.Module, train, test, size: int, mean, std, k: int = 200, t: float = 0.1) -> dict:
+def knn_report(backbone: nn.Module, train, test, size: int, mean, std, k: int = 200, t: float = 0.1) -> KnnResult:
     """`simsiam eval knn`: top-1, top-5 (when more than 5 classes) and per-class accuracy, and
-    whether the features have collapsed (then the accuracy is chance, `collapse_fields`)."""
+    whether the features have collapsed (then the accuracy is chance: `COLLAPSED_SPREAD`)."""
     bank = extract_features(backbone, train, size, mean, std)
     queries = extract_features(backbone, test, size, mean, std)
     labels = test.labels.to(bank.device)
     scores = knn_predict(queries, bank, train.labels.to(bank.device), len(train.classes), k, t)
-    return {
-        "protocol": "knn",
-        "k": k,
-        "t": t,
-        "num_bank": len(train),
-        "num_queries": len(test),
-        **topk_accuracy(scores, labels),
-        "per_class": per_class_accuracy(scores.argmax(1), labels, train.classes),
-        **collapse_fields(torch.cat([bank, queries])),
-    }
+    spread = feature_spread(torch.cat([bank, queries]))
+    return KnnResult(
+        protocol="knn",
+        k=k,
+        t=t,
+        num_bank=len(train),
+        num_queries=len(test),
+        per_class=per_class_accuracy(scores.argmax(1), labels, train.classes),
+        feature_spread=spread,
+        collapsed=spread < COLLAPSED_SPREAD,
+        top1=(top := topk_accuracy(scores, labels))["top1"],
+        top5=top.get("top5"),
+    )
 
 
 @torch.no_grad()
@@ -274,7 +268,7 @@ def linear_report(
     base_lr: float = 0.1,
     seed: int = 0,
     progress: bool = True,
-) -> dict:
+) -> LinearResult:
     """`simsiam eval linear`: a linear classifier on the frozen backbone's pool features.
 
     fast: features of the un-augmented images, extracted once, fitted by L-BFGS (`fit_linear_fast`).
@@ -326,95 +320,15 @@ def linear_report(
     if fingerprint(backbone) != before:
         raise TrainingError("the backbone's weights changed during linear evaluation; this is a bug, please report it")
     test_labels = test.labels.to(device)
-    return {
-        "protocol": "linear-fast" if fast else "linear",
-        "optimizer": optimizer,
-        "backbone_unchanged": True,
-        "num_train": len(train),
-        "num_test": len(test),
-        **topk_accuracy(scores, test_labels),
-        "per_class": per_class_accuracy(scores.argmax(1), test_labels, train.classes),
-        **collapse_fields(test_feats),
-    }
-
-
-# --- `simsiam eval`: a trained backbone, its data, one protocol, a JSON result ---------------
-
-
-def evaluate(
-    source: str | Path,
-    protocol: str = "knn",
-    *,
-    data_dir: str | None = None,
-    dataset: str | None = None,
-    out: str | Path | None = None,
-    device: str = "auto",
-    k: int = 200,
-    t: float = 0.1,
-    fast: bool = False,
-    epochs: int = 90,
-    batch_size: int = 4096,
-    lr: float = 0.1,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict:
-    """Evaluate the backbone of `source` (a run directory, a checkpoint, or an official SimSiam
-    checkpoint) with `protocol` "knn" or "linear" (`fast` for the L-BFGS probe) on its own data,
-    or on `data_dir` / `dataset`. The result is written as JSON beside the source (RUN_DIR/eval_knn.json,
-    eval_linear.json, eval_linear_fast.json; CKPT.eval_knn.json for a file) or to `out`, and
-    returned with its "path"."""
-    from .data import labeled_splits
-    from .options import KnnOptions, LinearOptions
-    from .runs import load_backbone
-    from .runtime import resolve_device
-
-    if protocol not in ("knn", "linear"):
-        raise ConfigError(f"unknown evaluation protocol {protocol!r}; choose knn or linear")
-    if protocol == "knn":  # the options' declared checks (`simsiam eval`'s), before anything is read
-        KnnOptions(device=device, k=k, t=t)
-    else:
-        LinearOptions(device=device, fast=fast, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    backbone, cfg = load_backbone(source, resolve_device(device))
-    cfg = _data_to_evaluate(cfg, data_dir, dataset)
-    train_set, test_set = labeled_splits(cfg)
-    common = dict(size=cfg.image_size, mean=cfg.mean, std=cfg.std)
-    if protocol == "knn":
-        res = knn_report(backbone, train_set, test_set, k=k, t=t, **common)
-        name = "eval_knn"
-    else:
-        res = linear_report(
-            backbone,
-            train_set,
-            test_set,
-            fast=fast,
-            epochs=epochs,
-            batch_size=batch_size,
-            base_lr=lr,
-            seed=seed,
-            progress=progress,
-            **common,
-        )
-        name = "eval_linear_fast" if fast else "eval_linear"
-    res = {"source": str(source), "dataset": cfg.dataset, "data_dir": cfg.data_dir, **res}
-    path = Path(out) if out else _beside(Path(source), name)
-    if is_main():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_atomic(path, json.dumps(res, indent=2) + "\n")
-    return {**res, "path": str(path)}
-
-
-def _data_to_evaluate(cfg, data_dir: str | None, dataset: str | None):
-    """The run's config with the data to evaluate on: the run's own unless given."""
-    from .runs import OFFICIAL
-
-    if cfg.preset == OFFICIAL and not data_dir:
-        raise ConfigError("an official SimSiam checkpoint does not record its data; give --data-dir DIR")
-    if data_dir:
-        return cfg.replace(data_dir=data_dir, dataset=dataset or "folder")
-    if dataset:
-        return cfg.replace(dataset=dataset, data_dir=None if dataset == "digits" else cfg.data_dir)
-    return cfg
-
-
-def _beside(source: Path, name: str) -> Path:
-    return source / f"{name}.json" if source.is_dir() else source.with_name(f"{source.stem}.{name}.json")
+    spread = feature_spread(test_feats)
+    return LinearResult(
+        protocol="linear-fast" if fast else "linear",
+        optimizer=optimizer,
+        num_train=len(train),
+        num_test_images=len(test),
+        per_class=per_class_accuracy(scores.argmax(1), test_labels, train.classes),
+        feature_spread=spread,
+        collapsed=spread < COLLAPSED_SPREAD,
+        top1=(top := topk_accuracy(scores, test_labels))["top1"],
+        top5=top.get("top5"),
+    )

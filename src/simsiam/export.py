@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from . import checkpoint
 from .backbones import CUSTOM, RESNETS, TIMM, feature_dim, removed_classifier, torchvision_options
+from .config import Config
 from .data import datasets
 from .data.augment import prepare
 from .data.datasets import decode_image
@@ -99,7 +101,7 @@ def _output(out) -> Path:
     return out
 
 
-def export_metadata(backbone, cfg) -> dict[str, str]:
+def export_metadata(backbone: nn.Module, cfg: Config) -> dict[str, str]:
     """What a user needs to rebuild and feed the backbone, as strings (safetensors, ONNX)."""
     return {
         "arch": cfg.arch,
@@ -117,7 +119,7 @@ def export_metadata(backbone, cfg) -> dict[str, str]:
     }
 
 
-def _howto(backbone, cfg) -> str:
+def _howto(backbone: nn.Module, cfg: Config) -> str:
     if cfg.arch == CUSTOM:
         return "a module given to simsiam.fit(cfg, backbone=module): build it again, m.load_state_dict(sd)"
     if cfg.arch.startswith(TIMM):
@@ -212,13 +214,13 @@ def embed_folder(
     return result
 
 
-def _load_projector(source, cfg, device):
+def _load_projector(source, cfg: Config, device) -> nn.Module:
     if not (Path(source).is_dir() and checkpoint.has_checkpoint(Path(source))):
         raise DataError(f"--projector needs a run directory with a checkpoint; {source} has none")
     model = build_model(cfg)
     state = checkpoint.load_latest(Path(source), warn=warn)
     try:
-        model.load_state_dict(checkpoint.plain_keys(state["model"]))
+        model.load_state_dict(checkpoint.plain_keys(state.model))
     except RuntimeError as e:
         why = str(e).splitlines()[0]
         raise DataError(f"{source}: the checkpoint's model does not fit its config.json ({why})") from None

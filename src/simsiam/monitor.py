@@ -18,14 +18,17 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint
+from .config import Config
 from .errors import ConfigError, DataError, TrainingError
 from .methods.base import StepOutput
-from .parallel import mean_over_ranks
-from .runtime import is_main, log
+from .optim import global_step
+from .parallel import is_main, mean_over_ranks
+from .records import EpochStats, MetricsRow, Partial
+from .runtime import log
 
 
 class Monitor:
-    def __init__(self, cfg, run_dir: Path, steps_per_epoch: int, start_epoch: int, z_healthy: float):
+    def __init__(self, cfg: Config, run_dir: Path, steps_per_epoch: int, start_epoch: int, z_healthy: float):
         self.cfg, self.run_dir, self.z_healthy = cfg, run_dir, z_healthy
         self.steps_per_epoch = steps_per_epoch
         self.writer = _tensorboard(run_dir) if cfg.tensorboard and is_main() else None
@@ -40,19 +43,19 @@ class Monitor:
             disable=not is_main(),
         )
 
-    def start_epoch(self, epoch: int, device: torch.device, partial: dict | None = None) -> None:
-        """A new epoch, or the rest of one a resume enters (`partial`: see `partial()`)."""
+    def start_epoch(self, epoch: int, device: torch.device, partial: Partial | None = None) -> None:
+        """A new epoch, or the rest of one a resume enters (with the sums of `partial`)."""
         self.epoch, self.t0, self.steps = epoch, time.perf_counter(), 0
         self.loss_sum = torch.zeros((), device=device)
         self.zstd_sum = torch.zeros((), device=device)
         if partial:
-            self.steps, self.t0 = partial["steps"], self.t0 - partial["seconds"]
-            self.loss_sum += partial["loss_sum"].to(device)
-            self.zstd_sum += partial["zstd_sum"].to(device)
+            self.steps, self.t0 = partial.steps, self.t0 - partial.seconds
+            self.loss_sum += partial.loss_sum.to(device)
+            self.zstd_sum += partial.zstd_sum.to(device)
         self.bar.set_description(f"epoch {epoch + 1}/{self.cfg.epochs}")
 
     def partial(self) -> dict:
-        """The unfinished epoch's sums and time, for a mid-epoch checkpoint."""
+        """The unfinished epoch's sums and time, for a mid-epoch checkpoint (`records.Partial`)."""
         return {
             "steps": self.steps,
             "seconds": time.perf_counter() - self.t0,
@@ -68,47 +71,47 @@ class Monitor:
         if (step + 1) % self.cfg.log_every == 0:
             loss = self._finite(mean_over_ranks(out.loss), step)
             if self.writer is not None:
-                global_step = self.epoch * self.steps_per_epoch + step + 1
-                self.writer.add_scalar("step/loss", loss, global_step)
-                self.writer.add_scalar("step/z_std", out.z_std.item(), global_step)
+                done = global_step(self.epoch, step + 1, self.steps_per_epoch)
+                self.writer.add_scalar("step/loss", loss, done)
+                self.writer.add_scalar("step/z_std", out.z_std.item(), done)
             images_per_second = (step + 1) * self.cfg.batch_size / (time.perf_counter() - self.t0)
             self.bar.set_postfix(
                 loss=f"{loss:.4f}", z_std=f"{out.z_std.item():.4f}", img_s=f"{images_per_second:.0f}", refresh=False
             )
 
-    def end_epoch(self) -> dict:
+    def end_epoch(self) -> EpochStats:
         """The epoch's mean loss and z-std (over the processes too), its speed and duration; never
         a non-finite epoch."""
         if self.steps == 0:
             raise DataError(f"epoch {self.epoch + 1} trained no step: no batch of its images could be read")
         loss = self._finite(mean_over_ranks(self.loss_sum) / self.steps, self.steps - 1)  # any step's NaN shows here
         seconds = time.perf_counter() - self.t0
-        return {
-            "loss": loss,
-            "z_std": (mean_over_ranks(self.zstd_sum) / self.steps).item(),
-            "images_per_second": self.steps * self.cfg.batch_size / seconds,
-            "epoch_seconds": seconds,
-        }
+        return EpochStats(
+            loss=loss,
+            z_std=(mean_over_ranks(self.zstd_sum) / self.steps).item(),
+            images_per_second=self.steps * self.cfg.batch_size / seconds,
+            epoch_seconds=seconds,
+        )
 
-    def record(self, row: dict) -> None:
+    def record(self, row: MetricsRow) -> None:
         """Append the epoch's row to metrics.jsonl (and TensorBoard); warn when it looks collapsed."""
         if is_main():
-            checkpoint.append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
+            checkpoint.append_line(self.run_dir / "metrics.jsonl", json.dumps(row.to_json()))
         threshold = self.cfg.collapse_fraction * self.z_healthy
-        self.low_epochs = self.low_epochs + 1 if row["z_std"] < threshold else 0
+        self.low_epochs = self.low_epochs + 1 if row.z_std < threshold else 0
         if self.low_epochs == self.cfg.collapse_patience:
             log(
-                f"warning: looks collapsed: z-std {row['z_std']:.4f} has been under {self.cfg.collapse_fraction:g} x "
-                f"1/sqrt(d) = {threshold:.4f} for {self.low_epochs} epochs (loss {row['loss']:.3f}). "
+                f"warning: looks collapsed: z-std {row.z_std:.4f} has been under {self.cfg.collapse_fraction:g} x "
+                f"1/sqrt(d) = {threshold:.4f} for {self.low_epochs} epochs (loss {row.loss:.3f}). "
                 "Likely causes: no stop-gradient or no predictor (the paper's collapse cases), an lr too high, "
                 "or BN removed from the heads."
             )
         if self.writer is not None:
-            for key, value in row.items():
+            for key, value in row.to_json().items():
                 if isinstance(value, (int, float)) and key != "epoch":
-                    self.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
-            for name, value in row["lr_groups"].items():
-                self.writer.add_scalar(f"lr/{name}", value, row["epoch"])
+                    self.writer.add_scalar(f"epoch/{key}", value, row.epoch)
+            for name, value in row.lr_groups.items():
+                self.writer.add_scalar(f"lr/{name}", value, row.epoch)
             self.writer.flush()
 
     def close(self) -> None:

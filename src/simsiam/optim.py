@@ -16,10 +16,11 @@ import math
 
 import torch
 
+from .config import Config
 from .methods.base import Method
 
 
-def build_optimizer(method: Method, cfg) -> torch.optim.SGD:
+def build_optimizer(method: Method, cfg: Config) -> torch.optim.SGD:
     """SGD at lr = base_lr x batch/256 on every group; weight decay on all parameters (Sec. 3)."""
     groups = [
         dict(g, lr=cfg.scaled_lr, fix_lr=g["fix_lr"] and cfg.fix_pred_lr) for g in method.param_groups() if g["params"]
@@ -32,12 +33,18 @@ def cosine_lr(base_lr: float, progress: float) -> float:
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def lr_at(cfg, epoch: int, step: int, steps_per_epoch: int) -> tuple[float, float]:
+def global_step(epoch: int, step: int, steps_per_epoch: int) -> int:
+    """Steps done once `step` steps of epoch `epoch` (0-based) are done: the one place this
+    arithmetic lives (schedules, checkpoints, the progress of a method's hook, TensorBoard)."""
+    return epoch * steps_per_epoch + step
+
+
+def lr_at(cfg: Config, epoch: int, step: int, steps_per_epoch: int) -> tuple[float, float]:
     """(lr of the decayed groups, lr of the fixed ones) at this step. No warm-up by default
     (official code); `warmup_epochs` ramps both linearly per step, then the cosine runs over the
     remaining epochs, per epoch or per step (`schedule`)."""
     base, warm = cfg.scaled_lr, cfg.warmup_epochs
-    done = epoch * steps_per_epoch + step  # steps before this one
+    done = global_step(epoch, step, steps_per_epoch)  # steps before this one
     if done < warm * steps_per_epoch:
         lr = base * (done + 1) / (warm * steps_per_epoch)
         return lr, lr

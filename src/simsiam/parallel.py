@@ -1,4 +1,8 @@
-"""Data-parallel training under torchrun, on PyTorch's own engine (torch.distributed + DDP).
+"""Data-parallel training under torchrun, on PyTorch's own engine (torch.distributed + DDP): every
+distributed helper of simsiam lives here.
+
+- The process group: `process_group` joins torchrun's (NCCL with GPUs, gloo on CPUs) and ends it;
+  `rank_and_world`, `is_main` (rank 0 logs and writes), `barrier`, `broadcast_object`, `main_first`.
 
 - Collectives behind small guards: in one process (no group) they are identities, so every loss
   and the loop run without torch.distributed.
@@ -17,13 +21,96 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .runtime import rank_and_world
+from .errors import ConfigError
+
+# --- the process group and this process's place in it ------------------------------------------
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, number of processes); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """Rank 0, the one process that logs and writes (torchrun's RANK, also before the group exists)."""
+    return rank_and_world()[0] == 0 and os.environ.get("RANK", "0") == "0"
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[None]:
+    """Inside: torchrun's process group when this process was started by it (see
+    `init_distributed`), ended on the way out if it was created here."""
+    own = init_distributed(device)
+    try:
+        yield
+    finally:
+        if own:
+            shutdown_distributed()
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join torchrun's process group when this process was started by it with WORLD_SIZE > 1 and
+    no group exists yet; on a `device` of type cuda each process then uses GPU LOCAL_RANK. Returns
+    whether this call created the group (its caller then ends it with `shutdown_distributed`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if not dist.is_available():
+        raise ConfigError("this torch build has no torch.distributed; run one process (without torchrun)")
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ConfigError(
+                f"torchrun started more processes per node than there are GPUs ({torch.cuda.device_count()}); "
+                "lower --nproc_per_node"
+            )
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    return True
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Every process waits here for the others (a no-op in one process)."""
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` (any picklable value) on every process."""
+    if rank_and_world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the body first (a download, a decode cache), then the others (which find it done)."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+# --- collectives and data-parallel modules -------------------------------------------------------
 
 
 class _AllGather(torch.autograd.Function):

@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from . import checkpoint
-from .config import Config, load_json
+from .config import Config
+from .configure import load_json
 from .data import labeled_splits
 from .errors import ConfigError, DataError, warn
 from .evaluate import extract_features
@@ -62,7 +63,8 @@ def write_report(
         raise ConfigError(f"embedding_method {embedding_method!r}: choose tsne or umap")
     run_dir = Path(run_dir)
     metrics = _read_metrics(run_dir)
-    summary = read_summary(run_dir, warn=warn)
+    found = read_summary(run_dir, warn=warn)
+    summary = found.to_json() if found is not None else None  # the page reads the JSON keys
     cfg = load_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
     out = run_dir / "report"
     if out.is_symlink() or (out.exists() and not out.is_dir()):
@@ -129,7 +131,7 @@ def _read_metrics(run_dir: Path) -> list[dict]:
             f"{run_dir} has no metrics.jsonl; train first (`simsiam train --run-dir {run_dir}`) "
             "or give the directory of a run"
         )
-    rows = read_metrics(run_dir, warn=warn)
+    rows = [m.to_json() for m in read_metrics(run_dir, warn=warn)]
     if not rows:
         raise DataError(f"{run_dir}/metrics.jsonl is empty; wait until the run's first epoch has finished")
     return rows

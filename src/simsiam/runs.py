@@ -12,8 +12,10 @@ import torch.nn as nn
 
 from . import checkpoint
 from .backbones import build_backbone
-from .config import PRESETS, Config, load_json
+from .config import PRESETS, Config
+from .configure import from_dict, load_json
 from .errors import DataError, UnsafeFile, warn
+from .records import MetricsRow, Summary
 
 OFFICIAL_PREFIX = "module.encoder."
 OFFICIAL = "official-checkpoint"  # cfg.preset of a backbone read from the official format
@@ -73,7 +75,7 @@ def _run_weights(run_dir: Path) -> dict:
             warn(f"{e}; using the backbone of the newest checkpoint instead")
     if not checkpoint.has_checkpoint(run_dir):
         raise DataError(f"{run_dir} holds no backbone.pt or checkpoint; has its first epoch finished?")
-    return _backbone_from_model(checkpoint.load_latest(run_dir, warn=warn)["model"])
+    return _backbone_from_model(checkpoint.load_latest(run_dir, warn=warn).model)
 
 
 def _state_dict(weights, path) -> dict:
@@ -92,7 +94,7 @@ def _from_checkpoint_dict(state: dict, source: Path) -> tuple[Config, dict]:
     if isinstance(state, dict) and "config" in state and "model" in state:  # ours
         if not isinstance(state["config"], dict):
             raise DataError(f"{source}: its config is not a dict; is it a checkpoint written by simsiam?")
-        return Config.from_dict(state["config"]), _backbone_from_model(_state_dict(state["model"], source))
+        return from_dict(state["config"], strict=False), _backbone_from_model(_state_dict(state["model"], source))
     sd = state.get("state_dict") if isinstance(state, dict) else None
     if isinstance(sd, dict) and any(isinstance(k, str) and k.startswith(OFFICIAL_PREFIX) for k in sd):
         sd = _state_dict(sd, source)
@@ -107,7 +109,7 @@ def _from_checkpoint_dict(state: dict, source: Path) -> tuple[Config, dict]:
         arch = state.get("arch", "resnet50")
         cifar_stem = tuple(weights["conv1.weight"].shape[-2:]) == (3, 3)
         # The data is not recorded in that format: evaluation must be given --data-dir.
-        cfg = Config.from_dict(
+        cfg = from_dict(
             {
                 **PRESETS["imagenet"],
                 "arch": arch,
@@ -125,44 +127,7 @@ def _from_checkpoint_dict(state: dict, source: Path) -> tuple[Config, dict]:
     )
 
 
-# The numbers of a metrics.jsonl line (epoch aside) and of summary.json: numbers, or null.
-METRIC_NUMBERS = ("loss", "z_std", "z_std_healthy", "lr", "images_per_second", "epoch_seconds", "knn_top1", "rss_mb")
-SUMMARY_NUMBERS = (
-    "epochs",
-    "batch_size",
-    "width",
-    "num_train",
-    "num_test",
-    "train_seconds",
-    "images_per_second",
-    "knn_top1",
-    "knn_top1_random_init",
-    "loss",
-    "z_std",
-    "z_std_healthy",
-)
-SUMMARY_TEXTS = ("method", "dataset", "data_dir", "preset", "arch", "device", "precision", "run_dir")
-
-
-def _number(v) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-
-def valid_metrics_row(m) -> bool:
-    """A metrics.jsonl line as training writes it: an object with a positive integer epoch and
-    numbers (or null) where numbers belong."""
-    return (
-        isinstance(m, dict)
-        and isinstance(m.get("epoch"), int)
-        and not isinstance(m["epoch"], bool)
-        and m["epoch"] >= 1
-        and all(_number(m.get(k)) for k in METRIC_NUMBERS)
-        and isinstance(m.get("lr_groups", {}), dict)
-        and all(v is not None and _number(v) for v in m.get("lr_groups", {}).values())
-    )
-
-
-def read_metrics(run_dir: str | Path, warn=None) -> list[dict]:
+def read_metrics(run_dir: str | Path, warn=None) -> list[MetricsRow]:
     """The epoch lines of RUN_DIR/metrics.jsonl ([] without the file). A torn last line (the run is
     writing it) is skipped; any other line that is not an epoch record is left out and counted
     through `warn`."""
@@ -177,39 +142,32 @@ def read_metrics(run_dir: str | Path, warn=None) -> list[dict]:
     lines = text.splitlines()
     for i, line in enumerate(lines):
         try:
-            row = json.loads(line)
+            row = MetricsRow.from_json(json.loads(line))
         except (ValueError, RecursionError):
             bad += i < len(lines) - 1  # a torn last line: the run is writing it right now
             continue
-        if valid_metrics_row(row):
-            rows.append(row)
-        else:
+        if row is None:
             bad += 1
+        else:
+            rows.append(row)
     if bad and warn is not None:
         warn(f"{path}: left out {bad} line(s) that are not epoch records")
     return rows
 
 
-def read_summary(run_dir: str | Path, warn=None) -> dict | None:
+def read_summary(run_dir: str | Path, warn=None) -> Summary | None:
     """RUN_DIR/summary.json when the run finished and the file is one (numbers and texts where
     they belong), else None; a file that is there but is not a summary is reported through `warn`."""
     path = Path(run_dir) / "summary.json"
     try:
-        summary = json.loads(path.read_bytes())
+        d = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError, RecursionError) as e:
         if warn is not None:
             warn(f"{path} is unreadable ({type(e).__name__}); treating the run as unfinished")
         return None
-    ok = (
-        isinstance(summary, dict)
-        and all(_number(summary.get(k)) for k in SUMMARY_NUMBERS)
-        and all(summary.get(k) is None or isinstance(summary[k], str) for k in SUMMARY_TEXTS)
-        and isinstance(summary.get("collapsed", False), bool)
-    )
-    if not ok:
-        if warn is not None:
-            warn(f"{path} is not a simsiam summary; treating the run as unfinished")
-        return None
+    summary = Summary.from_json(d)
+    if summary is None and warn is not None:
+        warn(f"{path} is not a simsiam summary; treating the run as unfinished")
     return summary

@@ -13,16 +13,14 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-from datetime import timedelta
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from .errors import ConfigError
+from .parallel import is_main, rank_and_world
 
 _HELD_LOCKS: set[int] = set()  # file descriptors of the run-directory locks this process holds
 
@@ -44,86 +42,11 @@ def drop_inherited_locks(worker_id: int = 0) -> None:
     _HELD_LOCKS.clear()
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(this process's rank, number of processes); (0, 1) without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main() -> bool:
-    """Rank 0, the one process that logs and writes (torchrun's RANK, also before the group exists)."""
-    return rank_and_world()[0] == 0 and os.environ.get("RANK", "0") == "0"
-
-
 def log(msg: str) -> None:
     """A line on stdout that does not break a progress bar; rank 0 only."""
     if is_main():
         tqdm.write(msg, file=sys.stdout)
         sys.stdout.flush()
-
-
-@contextmanager
-def process_group(device_name: str = "auto") -> Iterator[None]:
-    """Inside: torchrun's process group when this process was started by it (see
-    `init_distributed`), ended on the way out if it was created here."""
-    own = init_distributed(device_name)
-    try:
-        yield
-    finally:
-        if own:
-            shutdown_distributed()
-
-
-def init_distributed(device_name: str = "auto") -> bool:
-    """Join torchrun's process group when this process was started by it with WORLD_SIZE > 1 and
-    no group exists yet; each process then uses GPU LOCAL_RANK when there are GPUs. Returns whether
-    this call created the group (its caller then ends it with `shutdown_distributed`)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    if not dist.is_available():
-        raise ConfigError("this torch build has no torch.distributed; run one process (without torchrun)")
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if local >= torch.cuda.device_count():
-            raise ConfigError(
-                f"torchrun started more processes per node than there are GPUs ({torch.cuda.device_count()}); "
-                "lower --nproc_per_node"
-            )
-        torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
-    return True
-
-
-def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier() -> None:
-    """Every process waits here for the others (a no-op in one process)."""
-    if rank_and_world()[1] > 1:
-        dist.barrier()
-
-
-def broadcast_object(obj):
-    """Rank 0's `obj` (any picklable value) on every process."""
-    if rank_and_world()[1] == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-@contextmanager
-def main_first() -> Iterator[None]:
-    """Rank 0 runs the body first (a download, a decode cache), then the others (which find it done)."""
-    if not is_main():
-        barrier()
-    yield
-    if is_main():
-        barrier()
 
 
 def resolve_device(name: str) -> torch.device:

@@ -2,9 +2,11 @@
 
 SimSiam (and every method by default) takes one augmentation pair per image (Eq. 2). Two
 experiments change that, and only that, without a branch in the step loop:
-- asym. 2x (Sec. 4.6, `--symmetry asym2x`): two augmentation pairs per image, each forwarded on
-  its own, the two losses averaged ("one more prediction per image, as the symmetric loss has");
-- multi-crop (SwAV, `--small-crops N`): N small views drawn after each pair's two large ones.
+- asym. 2x (Sec. 4.6, SimSiam's `--symmetry asym2x`: `method.pairs` 2): two augmentation pairs
+  per image, each forwarded on its own, the two losses averaged ("one more prediction per image,
+  as the symmetric loss has");
+- multi-crop (SwAV's `--small-crops N`: `method.multi_crop`): N small views drawn after each
+  pair's two large ones.
 All randomness comes from the run's generator, in a fixed order, so a seeded run is reproducible.
 """
 
@@ -14,9 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import Config
 from .data.augment import Augment
-from .methods.base import StepOutput, Views
-from .runtime import rank_and_world
+from .methods.base import Method, StepOutput, Views
+from .parallel import rank_and_world
 
 
 @dataclass
@@ -29,12 +32,14 @@ class ViewPlan:
     part: tuple[int, int] = (0, 1)  # (rank, world): the step's images are this share of the global batch
 
     @classmethod
-    def from_config(cls, cfg, gen: torch.Generator) -> ViewPlan:
+    def for_method(cls, cfg: Config, method: Method, gen: torch.Generator) -> ViewPlan:
+        """The run's augmentation, with the pairs and small views the method asks for."""
+        crop = method.multi_crop
         return cls(
-            Augment.from_config(cfg),
+            Augment.from_config(cfg, crop),
             gen,
-            pairs=2 if cfg.symmetry == "asym2x" else 1,
-            small_crops=cfg.small_crops,
+            pairs=method.pairs,
+            small_crops=crop.n if crop else 0,
             memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format,
             part=rank_and_world(),
         )

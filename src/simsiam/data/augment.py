@@ -16,10 +16,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
+
+from ..config import Config
+
+
+class MultiCrop(NamedTuple):
+    """Multi-crop's small views (SwAV): how many per augmentation pair, their size and area range."""
+
+    n: int
+    size: int
+    scale: tuple[float, float]
+
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
@@ -44,7 +56,9 @@ class Augment:
     small_scale: tuple[float, float] = (0.05, 0.14)
 
     @classmethod
-    def from_config(cls, cfg) -> Augment:
+    def from_config(cls, cfg: Config, multi_crop: MultiCrop | None = None) -> Augment:
+        """The run's augmentation; the small views' size and scale from the method's multi-crop."""
+        small = multi_crop or MultiCrop(0, cls.small_size, cls.small_scale)
         return cls(
             size=cfg.image_size,
             crop_scale=cfg.crop_scale,
@@ -60,8 +74,8 @@ class Augment:
             std=cfg.std,
             blur_p2=cfg.blur_p2,
             solarize_p2=cfg.solarize_p2,
-            small_size=cfg.small_crop_size,
-            small_scale=cfg.small_crop_scale,
+            small_size=small.size,
+            small_scale=small.scale,
         )
 
     def two_views(

@@ -26,8 +26,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..config import Config
 from ..errors import DataError, warn
-from ..runtime import drop_inherited_locks, rank_and_world
+from ..parallel import rank_and_world
+from ..runtime import drop_inherited_locks
 
 HOLDOUT_SEED = 1234  # the held-out split never depends on --seed, so runs stay comparable
 UNLABELED = -1
@@ -216,7 +218,7 @@ def _stack_good(items):
     return (torch.stack(good) if good else torch.zeros(0, dtype=torch.uint8)), [x for x in items if isinstance(x, str)]
 
 
-def load_splits(cfg) -> tuple[Images, Images]:
+def load_splits(cfg: Config) -> tuple[Images, Images]:
     """(train, test) of `cfg`'s data: ImageSets in memory, or FileSets when a folder is streamed."""
     if cfg.dataset == "digits":
         return holdout_split(load_digits(cfg.stored_size), cfg.holdout)
@@ -234,7 +236,7 @@ def load_splits(cfg) -> tuple[Images, Images]:
     )
 
 
-def labeled_splits(cfg, purpose: str = "evaluation") -> tuple[Images, Images]:
+def labeled_splits(cfg: Config, purpose: str = "evaluation") -> tuple[Images, Images]:
     """(train, test) of `cfg`'s data with the labelled images only, or a DataError naming the fix."""
     train, test = load_splits(cfg)
     train, test = train.labeled(), test.labeled()
@@ -344,7 +346,7 @@ def _has_split_folders(root: str) -> bool:
 
 
 def load_folder(
-    root: str,
+    root: str | None,
     size: int,
     holdout: float = 0.2,
     strict: bool = False,
@@ -358,7 +360,7 @@ def load_folder(
 
     placement: "memory" decodes everything once into uint8 tensors (cached); "stream" leaves the
     files on disk (FileSet); "auto" streams when the decoded images would exceed the budget."""
-    require_folder(root, "give --data-dir a folder of images (sub-folders = classes)")
+    root = require_folder(root, "give --data-dir a folder of images (sub-folders = classes)")
     dirs = [root]
     if _has_split_folders(root):
         dirs = [
@@ -392,14 +394,16 @@ def load_folder(
     return tuple(sets) if len(sets) == 2 else holdout_split(sets[0], holdout)
 
 
-def require_folder(root: str | None, todo: str) -> None:
-    """A one-line DataError unless `root` is a folder we can list; `todo` says what to give instead."""
+def require_folder(root: str | None, todo: str) -> str:
+    """`root`, or a one-line DataError unless it is a folder we can list; `todo` says what to give
+    instead."""
     if root and os.path.isfile(root):
         raise DataError(f"data folder {root} is a file, not a folder; {todo}")
     if not root or not os.path.isdir(root):
         raise DataError(f"data folder {root} does not exist; {todo}")
     if not os.access(root, os.R_OK | os.X_OK):
         raise DataError(f"cannot read data folder {root} (permission denied); check its permissions")
+    return root
 
 
 def list_images(root: str) -> list[str]:

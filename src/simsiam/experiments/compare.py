@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import Config, from_preset
+from ..config import Config
+from ..configure import from_preset
 from ..errors import ConfigError
-from ..methods import METHODS
+from ..methods import METHODS, option_owners
 from ..runtime import commit, machine
 from .plots import plot_runs
 from .runner import Scale, Variant, config_key, linear_fast, run_variants, train_in_subprocess
@@ -63,9 +64,12 @@ def method_config(
     if scale not in SCALES:
         raise ConfigError(f"--scale must be cpu or paper, got {scale!r}")
     base = SCALES[scale]
+    owners = option_owners()  # a method's own option given for all (--set temperature=...) goes to those with it
+    common = {k: v for k, v in common.items() if k not in owners or method in owners[k]}
     cfg = from_preset(preset or base.preset, **{**base.overrides, **common, "method": method})
     if not own_augmentation:  # undo the method's augmentation defaults: SimSiam's inputs for everyone
-        simsiam = from_preset(preset or base.preset, **{**base.overrides, **common})
+        run_only = {k: v for k, v in common.items() if k not in owners}
+        simsiam = from_preset(preset or base.preset, **{**base.overrides, **run_only})
         cfg = cfg.replace(**{k: getattr(simsiam, k) for k in AUGMENTATION if k in METHODS[method].DEFAULTS})
     return cfg
 
@@ -89,6 +93,12 @@ def compare(
         raise ConfigError("name at least one method, e.g. simsiam simclr byol swav")
     if seeds <= 0:
         raise ConfigError("--seeds must be positive")
+    owners = option_owners()
+    for name in [k for k in common if k in owners and not set(owners[k]) & set(methods)]:
+        raise ConfigError(
+            f"--set {name} is an option of {', '.join(owners[name])}, none of the methods compared "
+            f"({' '.join(methods)})"
+        )
     out = Path(out)
     jobs = [
         (

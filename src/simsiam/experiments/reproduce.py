@@ -26,18 +26,18 @@ most groups share trains once. Changed code (or `--fresh`) trains every variant 
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, from_preset
+from ..config import Config
+from ..configure import from_preset
 from ..errors import ClaimsNotHeld, ConfigError
 from ..runtime import commit, machine
 from .plots import plot_runs
-from .runner import Scale, Variant, linear_fast, run_variants
+from .runner import Scale, Variant, linear_fast, run_variants, slug
 from .tables import KNN_FLOOR, mean_std, pooled_sd, seed_sd, table
 from .tables import checks as checks_table
 
@@ -69,16 +69,19 @@ def _kstep(scale: str) -> list[Variant]:
     if scale == "cpu":
         steps = [s for s in steps if s[0] != "100"]
     batch = {"batch_size": 32} if scale == "cpu" else {}
-    return [Variant(f"{k}-step" if k != "epoch" else "1-epoch", dict(alternation=k, **batch), p) for k, p in steps]
+    return [
+        Variant(f"{k}-step" if k != "epoch" else "1-epoch", dict(alternation=k, **batch), p, key=f"k{k}")
+        for k, p in steps
+    ]
 
 
 def _bn(scale: str) -> list[Variant]:
     warm = 1 if scale == "cpu" else 10  # "10-epoch warm-up for this entry only" (Table 3a)
     return [
-        Variant("none", dict(head_bn="none", warmup_epochs=warm), 34.6),
+        Variant("none", dict(head_bn="none", warmup_epochs=warm), 34.6, key="no-bn"),
         Variant("hidden only", dict(head_bn="hidden"), 67.4),
-        Variant("hidden + proj. output (default)", {}, 68.1),
-        Variant("also pred. output", dict(head_bn="all"), None),
+        Variant("hidden + proj. output (default)", {}, 68.1, key="default"),
+        Variant("also pred. output", dict(head_bn="all"), None, key="pred-output"),
     ]  # paper: "unstable"
 
 
@@ -90,35 +93,41 @@ def _slow(scale: str) -> int:
 
 GROUPS = {
     "stop-gradient": lambda s: [
-        Variant("with stop-gradient", {}, 67.7),
-        Variant("without stop-gradient", dict(stop_gradient=False), 0.1),
+        Variant("with stop-gradient", {}, 67.7, key="default"),
+        Variant("without stop-gradient", dict(stop_gradient=False), 0.1, key="no-stop-gradient"),
     ],
     "predictor": lambda s: [
-        Variant("lr fixed (default)", {}, 68.1),
-        Variant("lr decayed", dict(fix_pred_lr=False), 67.7),
-        Variant("fixed random init", dict(fixed_predictor=True), 1.5),
-        Variant("no predictor", dict(predictor=False), 0.1, _slow(s)),
+        Variant("lr fixed (default)", {}, 68.1, key="default"),
+        Variant("lr decayed", dict(fix_pred_lr=False), 67.7, key="lr-decayed"),
+        Variant("fixed random init", dict(fixed_predictor=True), 1.5, key="fixed-predictor"),
+        Variant("no predictor", dict(predictor=False), 0.1, _slow(s), key="no-predictor"),
     ],
     "batch-size": _batch,
     "bn": _bn,
     "similarity": lambda s: [
-        Variant("cosine", {}, 68.1),
-        Variant("cross-entropy", dict(similarity="cross-entropy"), 63.2),
+        Variant("cosine", {}, 68.1, key="cosine"),
+        Variant("cross-entropy", dict(similarity="cross-entropy"), 63.2, key="cross-entropy"),
     ],
     "symmetry": lambda s: [
-        Variant("sym.", {}, 68.1),
-        Variant("asym.", dict(symmetry="asym"), 64.8),
-        Variant("asym. 2x", dict(symmetry="asym2x"), 67.3),
+        Variant("sym.", {}, 68.1, key="sym"),
+        Variant("asym.", dict(symmetry="asym"), 64.8, key="asym"),
+        Variant("asym. 2x", dict(symmetry="asym2x"), 67.3, key="asym2x"),
     ],
     "dim": lambda s: [
-        Variant(f"d = {d}", dict(dim=d, pred_dim=d // 4), p)
+        Variant(f"d = {d}", dict(dim=d, pred_dim=d // 4), p, key=f"d{d}")
         for d, p in [(256, 65.3), (512, 67.2), (1024, 67.5), (2048, 68.1)]
     ],
     "k-step": _kstep,
     "moving-average": lambda s: [
-        Variant("SimSiam (predictor)", {}, 68.1),
-        Variant("no predictor", dict(predictor=False), 0.1, _slow(s)),
-        Variant("no predictor + moving-average eta (m 0.8)", dict(predictor=False, target_memory=True), 55.0, _slow(s)),
+        Variant("SimSiam (predictor)", {}, 68.1, key="default"),
+        Variant("no predictor", dict(predictor=False), 0.1, _slow(s), key="no-predictor"),
+        Variant(
+            "no predictor + moving-average eta (m 0.8)",
+            dict(predictor=False, target_memory=True),
+            55.0,
+            _slow(s),
+            key="target-memory",
+        ),
     ],
 }
 
@@ -139,10 +148,6 @@ def configs(
     return out
 
 
-def _slug(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-
-
 def run_group(
     group: str,
     out: str | Path,
@@ -157,7 +162,7 @@ def run_group(
     table.md, z_std.png}. Returns the results with the checks of the paper's claims."""
     root = Path(out) / group
     jobs = [
-        (v, cfg, root / (_slug(v.label) + (f"-seed{seed}" if seeds > 1 else "")))
+        (v, cfg, root / (slug(v.label) + (f"-seed{seed}" if seeds > 1 else "")))
         for seed in range(seeds)
         for v, cfg in configs(group, scale, preset, seed, **common)
     ]
@@ -174,7 +179,8 @@ def run_group(
         "rows": rows,
         "variants": _aggregate(rows),
     }
-    results["checks"] = CHECKS.get(group, lambda r: [])(results["variants"])
+    by_key = {v["key"]: v for v in results["variants"].values()}  # checks refer to variants by key
+    results["checks"] = CHECKS.get(group, lambda r: [])(by_key)
     (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (root / "table.md").write_text(markdown(results))
     _plot(rows, root / "z_std.png", group)
@@ -209,6 +215,7 @@ def _aggregate(rows: list[dict]) -> dict:
             collapsed_seeds=sum(bool(r["collapsed"]) for r in runs),
             seeds=len(runs),
             paper=runs[0]["paper"],
+            key=runs[0]["key"],
             seconds=statistics.mean(r["train_seconds"] for r in runs),
             scale=_scale_text(runs[0]),
         )
@@ -282,7 +289,7 @@ def _cannot_say(claim: str, a: dict, b: dict) -> dict:
 
 
 def _stop_gradient(v: dict) -> list[dict]:
-    w, wo = v["with stop-gradient"], v["without stop-gradient"]
+    w, wo = v["default"], v["no-stop-gradient"]
     return [
         _collapse("with stop-gradient: no collapse", w, collapsed=False),
         _collapse("without stop-gradient: collapse", wo, collapsed=True),
@@ -291,7 +298,7 @@ def _stop_gradient(v: dict) -> list[dict]:
 
 
 def _predictor(v: dict) -> list[dict]:
-    d, dec, fixed, none = (v[k] for k in ["lr fixed (default)", "lr decayed", "fixed random init", "no predictor"])
+    d, dec, fixed, none = (v[k] for k in ["default", "lr-decayed", "fixed-predictor", "no-predictor"])
     return [
         _collapse("no predictor: collapse (given 3x the steps, Sec. 4.2)", none, collapsed=True),
         _loss_stays_high("fixed random predictor: the loss stays high (does not converge)", fixed, d),
@@ -301,7 +308,7 @@ def _predictor(v: dict) -> list[dict]:
 
 
 def _bn_check(v: dict) -> list[dict]:
-    none, d = v["none"], v["hidden + proj. output (default)"]
+    none, d = v["no-bn"], v["default"]
     return [_below("no BN in the heads: much worse than the default", none, d)]
 
 
@@ -314,7 +321,7 @@ def _similarity(v: dict) -> list[dict]:
 
 
 def _symmetry(v: dict) -> list[dict]:
-    sym, asym, asym2 = v["sym."], v["asym."], v["asym. 2x"]
+    sym, asym, asym2 = v["sym"], v["asym"], v["asym2x"]
     return [
         _cannot_say("asymmetric below symmetric (paper: -3.3 points)", sym, asym),
         _cannot_say("asym. 2x close to sym. (paper: -0.8 points)", asym2, sym),
@@ -322,7 +329,7 @@ def _symmetry(v: dict) -> list[dict]:
 
 
 def _moving_average(v: dict) -> list[dict]:
-    mem, none = v["no predictor + moving-average eta (m 0.8)"], v["no predictor"]
+    mem, none = v["target-memory"], v["no-predictor"]
     return [
         _collapse("moving-average eta without predictor: no collapse", mem, collapsed=False),
         _below("moving-average eta: kNN well above no predictor", none, mem),
@@ -330,7 +337,7 @@ def _moving_average(v: dict) -> list[dict]:
 
 
 def _kstep_check(v: dict) -> list[dict]:
-    one, ten = v["1-step"], v["10-step"]
+    one, ten = v["k1"], v["k10"]
     return [
         _collapse("10-step alternation: no collapse", ten, collapsed=False),
         _cannot_say("10-step >= 1-step (paper: +0.6 points)", ten, one),
@@ -338,7 +345,7 @@ def _kstep_check(v: dict) -> list[dict]:
 
 
 def _dim(v: dict) -> list[dict]:
-    return [_cannot_say("d = 2048 >= d = 256 (paper: +2.8 points)", v["d = 2048"], v["d = 256"])]
+    return [_cannot_say("d = 2048 >= d = 256 (paper: +2.8 points)", v["d2048"], v["d256"])]
 
 
 CHECKS = {
@@ -357,7 +364,7 @@ def markdown(results: dict) -> str:
     rows = []
     for label, v in results["variants"].items():
         paper = "-" if v["paper"] is None else f"{v['paper']:.1f}"
-        if v["paper"] is None and "pred. output" in label:
+        if v["paper"] is None and v["key"] == "pred-output":
             paper = "unstable"
         n = v.get("collapsed_seeds", int(v["collapsed"]))
         collapsed = "no" if not n else "yes" if v["seeds"] == 1 else f"{n} of {v['seeds']} seeds"

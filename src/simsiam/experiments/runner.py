@@ -13,14 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..checkpoint import write_atomic
 from ..config import Config
-from ..errors import DataError, TrainingError
+from ..errors import ConfigError, DataError, TrainingError
+from ..records import Summary
+from ..runs import read_summary
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,57 @@ class Scale:
 
 @dataclass
 class Variant:
-    label: str
+    label: str  # what the tables show
     overrides: dict = field(default_factory=dict)
     paper: float | None = None  # the paper's number for this variant (ImageNet linear top-1, 100 epochs)
     epochs_x: int = 1  # this variant trains epochs_x times the scale's epochs (a collapse that needs the steps)
+    key: str = ""  # what checks and code refer to it by (default: the label's slug)
+
+    def __post_init__(self) -> None:
+        self.key = self.key or slug(self.label)
+
+
+def overrides(
+    scale: str,
+    data_dir: str | None = None,
+    dataset: str | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    sets: Sequence[str] = (),
+) -> dict:
+    """The config overrides an experiment applies to every run, checked before anything trains:
+    --data-dir found (ImageNet's at the paper's scale), --set KEY=VALUE parsed (JSON values, else
+    the bare string: --set arch=resnet34)."""
+    from ..data.datasets import require_folder
+
+    if scale == "paper" and not data_dir and dataset in (None, "folder"):
+        raise ConfigError("--scale paper trains on ImageNet: give --data-dir DIR (train/ and val/ class folders)")
+    if data_dir:
+        require_folder(data_dir, "give --data-dir a folder of images (sub-folders = classes) or a dataset copy")
+    common = {
+        k: v
+        for k, v in [
+            ("data_dir", data_dir),
+            ("dataset", dataset or ("folder" if data_dir else None)),
+            ("epochs", epochs),
+            ("device", device),
+        ]
+        if v is not None
+    }
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: write KEY=VALUE, e.g. --set width=0.5")
+        try:
+            common[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            common[key.replace("-", "_")] = value
+    return common
+
+
+def slug(label: str) -> str:
+    """A label as a file and key name: "asym. 2x" -> "asym-2x"."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
 
 
 Job = tuple[Variant, Config, Path]
@@ -47,14 +98,14 @@ def run_variants(
     index_path: Path,
     log: Callable[[str], None] = print,
     name: str = "",
-    runner: Callable[[Config], dict] | None = None,
+    runner: Callable[[Config], Summary] | None = None,
     fresh: bool = False,
 ) -> list[dict]:
     """Train each job unless a run of the same configuration finished under the index with the same
     simsiam source code (then its summary is reused); `fresh` retrains regardless. Each row is the
     run's summary plus variant, seed, paper and run_dir. `runner(cfg) -> summary` defaults to
-    `simsiam.train.train`."""
-    from ..train import train
+    `simsiam.engine.train`."""
+    from ..engine import train
 
     run = runner or train
     code = code_fingerprint()
@@ -66,12 +117,12 @@ def run_variants(
         if isinstance(entry, str):  # index written before the code fingerprint was recorded
             entry = {"run_dir": entry, "code": None}
         run_dir = Path(entry.get("run_dir") or run_dir)
-        done = run_dir / "summary.json"
-        if done.exists() and not fresh and entry.get("code") == code:
-            summary = json.loads(done.read_text())
+        finished = read_summary(run_dir)
+        if finished is not None and not fresh and entry.get("code") == code:
+            summary = finished
             log(f"{name} / {v.label} (seed {cfg.seed}): same configuration and code already trained in {run_dir}")
         else:
-            why = ("--fresh" if fresh else "trained by other simsiam code") if done.exists() else ""
+            why = ("--fresh" if fresh else "trained by other simsiam code") if finished is not None else ""
             log(f"{name} / {v.label} (seed {cfg.seed}) -> {run_dir}" + (f" (again: {why})" if why else ""))
             if run_dir.exists():  # interrupted, stale or --fresh: start it again from scratch
                 _clear(run_dir)
@@ -80,11 +131,12 @@ def run_variants(
             index = json.loads(index_path.read_text()) if index_path.exists() else {}
             index[key] = {"run_dir": str(run_dir), "code": code}
             index_path.write_text(json.dumps(index, indent=1) + "\n")
-        rows.append({**summary, "variant": v.label, "seed": cfg.seed, "paper": v.paper, "run_dir": str(run_dir)})
+        row = {**summary.to_json(), "variant": v.label, "key": v.key, "seed": cfg.seed, "paper": v.paper}
+        rows.append({**row, "run_dir": str(run_dir)})
     return rows
 
 
-def train_in_subprocess(cfg: Config) -> dict:
+def train_in_subprocess(cfg: Config) -> Summary:
     """`simsiam train` in a child process: the child's peak memory is this run's alone."""
     run_dir = Path(cfg.run_dir or "")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -97,10 +149,12 @@ def train_in_subprocess(cfg: Config) -> dict:
         raise TrainingError(
             f"training {cfg.method} failed (exit {child.returncode}); its output is above, its run directory {run_dir}"
         )
-    summary = json.loads((run_dir / "summary.json").read_text())
-    if summary.get("peak_memory_of") == "process RSS":
-        summary["peak_memory_mb"] = usage.ru_maxrss / 1024  # KiB on Linux
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise TrainingError(f"training {cfg.method} wrote no summary in {run_dir}; its output is above")
+    if summary.peak_memory_of == "process RSS":
+        summary.peak_memory_mb = usage.ru_maxrss / 1024  # KiB on Linux
+    write_atomic(run_dir / "summary.json", json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
 
 
@@ -138,12 +192,12 @@ def _clear(run_dir: Path) -> None:
 def linear_fast(run_dir: Path, device: str = "auto") -> float | None:
     """The fast linear probe's top-1 of a finished run (cached in RUN_DIR/eval_linear_fast.json);
     None without labelled images."""
-    from ..evaluate import evaluate
+    from ..evaluation import evaluate
 
     cached = run_dir / "eval_linear_fast.json"
     if cached.exists():
         return json.loads(cached.read_text())["top1"]
     try:
-        return evaluate(run_dir, "linear", fast=True, device=device, progress=False)["top1"]
+        return evaluate(run_dir, "linear", fast=True, device=device, progress=False).top1
     except DataError:
         return None

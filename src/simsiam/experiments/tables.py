@@ -13,11 +13,6 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [_line(header), "|" + "---|" * len(header), *(_line(r) for r in rows)]
 
 
-def pct(x: float | None) -> str:
-    """A 0..1 fraction as a percentage with two decimals; n/a for None."""
-    return "n/a" if x is None else f"{100 * x:.2f}"
-
-
 def checks(results: list[dict]) -> list[str]:
     """The paper's claims checked on our numbers (reproduce's `checks`) as a table."""
     rows = [[c["claim"], _held(c), c["detail"]] for c in results]

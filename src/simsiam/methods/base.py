@@ -10,20 +10,23 @@ A method is an `nn.Module` subclassing `Method`. The loop calls, in this order, 
 
 and `method.on_epoch_start(epoch)` before each epoch's first step. The hooks are no-ops here and
 are always called on the unwrapped method (`checkpoint.unwrap`), never through a DDP or compile
-wrapper. A method also gives its optimizer groups (`param_groups`), builds itself from a config
-(`from_config`), declares the config values it changes from SimSiam's (`DEFAULTS`, applied
-between the preset and the user's options) and the optional config fields it implements
-(`OPTIONS`); `check_config` refuses the others.
+wrapper. A method also gives its optimizer groups (`param_groups`), declares its own options (a
+`MethodOptions` dataclass in its file, `Options`; its constructor takes the same names) and the
+run options it changes from SimSiam's (`DEFAULTS`, applied between the preset and the user's
+options), and says what a step feeds it: `pairs` of views (2 for SimSiam's asym. 2x), small
+views (`multi_crop`, SwAV) and Sec. 5.2's targets (`targeting`, SimSiam).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar, NamedTuple, TypedDict
 
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..config import Config, MethodOptions
+from ..data.augment import MultiCrop
 
 
 class Views(NamedTuple):
@@ -53,43 +56,43 @@ class ParamGroup(TypedDict):
     fix_lr: bool  # the lr stays at its initial value (the predictor's, with --fix-pred-lr)
 
 
-# Config fields that only some methods implement: name -> (the value that means "not used", what
-# it is). A method lists the ones it implements in OPTIONS; any other one set is a config error.
-OPTIONAL: dict[str, tuple[Any, str]] = {
-    "head_bn": ("default", "a SimSiam ablation (Table 3)"),
-    "similarity": ("cosine", "a SimSiam ablation (Sec. 4.5)"),
-    "symmetry": ("sym", "a SimSiam ablation (Sec. 4.6)"),
-    "fixed_predictor": (False, "a SimSiam ablation (Table 1b)"),
-    "concat_views": (False, "a SimSiam ablation of the per-view BN statistics"),
-    "alternation": ("off", "a Sec. 5.2 experiment on SimSiam's targets"),
-    "target_memory": (False, "a Sec. 5.2 experiment on SimSiam's targets"),
-    "small_crops": (0, "multi-crop"),
-}
+class Targeting(NamedTuple):
+    """Sec. 5.2's targets instead of the method's own: `alternation` off | K | epoch, or a
+    `memory` of one moving-average target per image with `momentum`."""
+
+    alternation: str = "off"
+    memory: bool = False
+    momentum: float = 0.8
 
 
 class Method(nn.Module):
-    DEFAULTS: ClassVar[dict[str, Any]] = {}
-    OPTIONS: ClassVar[frozenset[str]] = frozenset()
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    DEFAULTS: ClassVar[dict[str, Any]] = {}  # run options this method changes (`configure.from_preset`)
+    HEADS: ClassVar[tuple[str, ...]] = ("dim", "pred_dim", "proj_layers", "proj_hidden")  # sizes it takes
 
     backbone: nn.Module  # what is evaluated and exported
+    projector: nn.Module  # the projection MLP g (`simsiam embed --projector`)
     encoder: nn.Module  # f = backbone + projector (Sec. 5.2's targets come from it)
     predictor: nn.Module  # h, or nn.Identity() where there is none
     dim: int  # the dimension d of z, for the collapse monitor's 1/sqrt(d)
+    pairs: int = 1  # augmentation pairs a step feeds it per image
+    multi_crop: MultiCrop | None = None  # small views after each pair
+    targeting: Targeting = Targeting()  # Sec. 5.2 targets
 
     @classmethod
-    def from_config(cls, cfg: Any, backbone: nn.Module, feature_dim: int) -> Method:
-        raise NotImplementedError
+    def options_of(cls, cfg: Config) -> MethodOptions:
+        """`cfg`'s options for this method: its own, or the declared defaults when it has none."""
+        return cfg.options if isinstance(cfg.options, cls.Options) else cls.Options()
 
     @classmethod
-    def check_config(cls, cfg: Any) -> None:
-        """Raise a ConfigError for options this method cannot honour."""
-        for name, (off, what) in OPTIONAL.items():
-            if name not in cls.OPTIONS and getattr(cfg, name) != off:
-                raise ConfigError(f"--{name.replace('_', '-')} is {what}; --method {cfg.method} does not have it")
+    def from_config(cls, cfg: Config, backbone: nn.Module, feature_dim: int) -> Method:
+        """The method around `backbone`, with `cfg`'s head sizes and the method's options."""
+        heads = {name: getattr(cfg, name) for name in cls.HEADS}
+        return cls(backbone, feature_dim, **heads, **dataclasses.asdict(cls.options_of(cfg)))
 
     def forward(self, views: Views, targets: Targets | None = None) -> StepOutput:
-        """The loss of one augmentation pair. `targets` reach only methods with alternation or
-        target_memory in OPTIONS."""
+        """The loss of one augmentation pair. `targets` reach only methods whose `targeting` asks
+        for them."""
         raise NotImplementedError
 
     def param_groups(self) -> list[ParamGroup]:

@@ -14,12 +14,14 @@ lives in the state_dict (`target.*`), so checkpoints and --resume carry it.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..config import MethodOptions
+from ..options import Range, opt
 from .base import Method, StepOutput, Targets, Views
 from .heads import ema_tau, ema_update, float32, prediction_mlp, projection_mlp, z_std
 
@@ -30,7 +32,19 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(p, z, dim=-1)).mean()
 
 
+@dataclass
+class BYOLOptions(MethodOptions):
+    ema_tau: float = opt(
+        0.99,
+        "base EMA rate of the target encoder, raised to 1 by a cosine over the steps "
+        "(BYOL: 0.996 on ImageNet, 0.99 on CIFAR)",
+        check=Range(ge=0, le=1),
+    )
+    predictor: bool = opt(True, "the online predictor h; off: BYOL without a predictor (collapses, BYOL Table 5b)")
+
+
 class BYOL(Method):
+    Options = BYOLOptions
     # BYOL's colour jitter (saturation 0.2) and its asymmetric solarize (view 1: 0, view 2: 0.2).
     # Its asymmetric blur (view 1: 1.0, view 2: 0.1) is left to the preset, because DEFAULTS apply
     # after it and would turn blur on at 32 px, where the presets have none (App. D); at 224 px
@@ -42,10 +56,10 @@ class BYOL(Method):
         backbone: nn.Module,
         feature_dim: int,
         dim: int = 2048,
-        proj_hidden: int = 2048,
-        proj_layers: int = 3,
         pred_dim: int = 512,
-        tau_base: float = 0.99,
+        proj_layers: int = 3,
+        proj_hidden: int = 2048,
+        ema_tau: float = 0.99,
         predictor: bool = True,
     ):
         super().__init__()
@@ -54,27 +68,8 @@ class BYOL(Method):
         self.encoder = nn.Sequential(backbone, self.projector)  # online f
         self.predictor = prediction_mlp(dim, pred_dim) if predictor else nn.Identity()  # h
         self.target = copy.deepcopy(self.encoder).requires_grad_(False)  # f', same init as f
-        self.tau_base = tau_base
+        self.tau_base = ema_tau
         self.dim = dim
-
-    @classmethod
-    def from_config(cls, cfg, backbone: nn.Module, feature_dim: int) -> BYOL:
-        return cls(
-            backbone,
-            feature_dim,
-            dim=cfg.dim,
-            proj_hidden=cfg.proj_hidden,
-            proj_layers=cfg.proj_layers,
-            pred_dim=cfg.pred_dim,
-            tau_base=cfg.ema_tau,
-            predictor=cfg.predictor,
-        )
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        if not cfg.stop_gradient:
-            raise ConfigError("--no-stop-gradient does not apply to byol: its target is a moving average, not trained")
 
     def forward(self, views: Views, targets: Targets | None = None) -> StepOutput:
         x1, x2 = views.x1, views.x2

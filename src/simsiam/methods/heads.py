@@ -12,6 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..options import Choice
+
+HEAD_BN = Choice(("none", "hidden", "default", "all"))  # where the heads have BN (Table 3)
+
 
 def projection_mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 3, bn: str = "default") -> nn.Sequential:
     """BN on every fc, output included (BN without affine); no ReLU on the output (Sec. 3).

@@ -25,15 +25,18 @@ With --no-sync-bn under torchrun the per-rank leak that shuffle BN closes is ope
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import Config, MethodOptions
 from ..errors import ConfigError
+from ..options import COUNT, POSITIVE, Range, opt
 from ..parallel import gather_rows
 from .base import Method, StepOutput, Targets, Views
-from .heads import ema_update, float32, projection_mlp, z_std
+from .heads import HEAD_BN, ema_update, float32, projection_mlp, z_std
 
 
 @float32
@@ -45,11 +48,37 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
+@dataclass
+class MoCoV2Options(MethodOptions):
+    """MoCo v2's T 0.2, no predictor. Its queue of 65536 and m 0.999 are ImageNet's: here the queue
+    is 4096 and m 0.99 by default, MoCo's CIFAR values."""
+
+    temperature: float = opt(0.2, "InfoNCE temperature T", check=POSITIVE)
+    ema_tau: float = opt(
+        0.99, "the key encoder's momentum m, constant (MoCo: 0.999 on ImageNet, 0.99 on CIFAR)", check=Range(ge=0, le=1)
+    )
+    queue_size: int = opt(
+        4096, "the queue of negative keys, at least 2 x --batch-size (MoCo v2: 65536 on ImageNet)", check=COUNT
+    )
+    head_bn: str = opt(
+        "default",
+        "BN in the projector (as SimSiam's --head-bn): default keeps SimSiam's BN head, which trained "
+        "here where MoCo v2's own (none) collapsed",
+        check=HEAD_BN,
+    )
+
+    def check(self, cfg: Config) -> None:
+        if self.queue_size < 2 * cfg.batch_size:
+            raise ConfigError(
+                f"--queue-size {self.queue_size} is below the {2 * cfg.batch_size} keys one step enqueues "
+                "(2 x --batch-size); MoCo v2 uses 65536 on ImageNet"
+            )
+
+
 class MoCoV2(Method):
-    # MoCo v2's head shape (2-layer MLP to 128-d) and T 0.2; no predictor. Its queue of 65536 and
-    # m 0.999 are ImageNet's: the default queue here is 4096 and m (--ema-tau) 0.99, MoCo's CIFAR values.
-    OPTIONS = frozenset({"head_bn"})  # --head-bn none: MoCo v2's own head, without BN
-    DEFAULTS = dict(predictor=False, temperature=0.2, dim=128, proj_layers=2, queue_size=4096)
+    Options = MoCoV2Options
+    DEFAULTS = dict(dim=128, proj_layers=2)  # MoCo v2's head shape: a 2-layer MLP to 128-d
+    HEADS = ("dim", "proj_layers", "proj_hidden")  # no predictor: the queries are z
     queue: torch.Tensor  # buffers: K x C unit keys, and the row the next key goes to
     queue_ptr: torch.Tensor
 
@@ -58,11 +87,11 @@ class MoCoV2(Method):
         backbone: nn.Module,
         feature_dim: int,
         dim: int = 128,
-        proj_hidden: int = 2048,
         proj_layers: int = 2,
-        queue_size: int = 65536,
-        momentum: float = 0.999,
+        proj_hidden: int = 2048,
         temperature: float = 0.2,
+        ema_tau: float = 0.999,
+        queue_size: int = 65536,
         head_bn: str = "default",
     ):
         super().__init__()
@@ -73,28 +102,8 @@ class MoCoV2(Method):
         self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)  # f', same init as f
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.momentum, self.temperature = momentum, temperature
+        self.momentum, self.temperature = ema_tau, temperature
         self.dim = dim
-
-    @classmethod
-    def from_config(cls, cfg, backbone: nn.Module, feature_dim: int) -> MoCoV2:
-        fields = cfg.dim, cfg.proj_hidden, cfg.proj_layers, cfg.queue_size, cfg.ema_tau, cfg.temperature, cfg.head_bn
-        return cls(backbone, feature_dim, *fields)
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        if cfg.predictor:
-            raise ConfigError("--predictor does not apply to mocov2: its queries are the projector's z")
-        if not cfg.stop_gradient:
-            raise ConfigError("--no-stop-gradient does not apply to mocov2: its keys come from a moving average")
-        if cfg.queue_size < 2 * cfg.batch_size:
-            raise ConfigError(
-                f"--queue-size {cfg.queue_size} is below the {2 * cfg.batch_size} keys one step enqueues "
-                "(2 x --batch-size); MoCo v2 uses 65536 on ImageNet"
-            )
-        if cfg.queue_start_epoch:
-            raise ConfigError("--queue-start-epoch is SwAV's; mocov2 uses its queue from the first step")
 
     def forward(self, views: Views, targets: Targets | None = None) -> StepOutput:
         z1, z2 = self.encoder(views.x1), self.encoder(views.x2)  # NxC each

@@ -14,12 +14,15 @@ z: 66.4 vs 66.5) and `--stop-gradient` then detaches the candidates (66.0).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..parallel import gather_with_grad
-from ..runtime import rank_and_world
+from ..config import MethodOptions
+from ..options import POSITIVE, opt
+from ..parallel import gather_with_grad, rank_and_world
 from .base import Method, StepOutput, Targets, Views
 from .heads import float32, prediction_mlp, projection_mlp, z_std
 
@@ -42,21 +45,30 @@ def nt_xent(a1: torch.Tensor, a2: torch.Tensor, c1: torch.Tensor, c2: torch.Tens
     return F.cross_entropy(logits, positive)
 
 
+@dataclass
+class SimCLROptions(MethodOptions):
+    """SimCLR itself: no predictor, no stop-gradient; Sec. 6.2's hubs turn them on. T = 0.2 for
+    every dataset: inside SimCLR's ImageNet range (0.1-0.2 at batch 4096) and solo-learn's CIFAR
+    value (lightly: 0.5 there)."""
+
+    temperature: float = opt(0.2, "NT-Xent temperature T", check=POSITIVE)
+    predictor: bool = opt(False, "Sec. 6.2 hub: SimSiam's predictor h on the anchors (66.4 vs 66.5)")
+    stop_gradient: bool = opt(False, "Sec. 6.2 hub: detach the candidates (with --predictor: 66.0)")
+
+
 class SimCLR(Method):
-    # SimCLR itself: no predictor, no stop-gradient. T = 0.2 for every dataset: inside SimCLR's
-    # ImageNet range (0.1-0.2 at batch 4096) and solo-learn's CIFAR value (lightly: 0.5 there).
-    DEFAULTS = dict(predictor=False, stop_gradient=False, temperature=0.2)
+    Options = SimCLROptions
 
     def __init__(
         self,
         backbone: nn.Module,
         feature_dim: int,
         dim: int = 2048,
-        proj_hidden: int = 2048,
+        pred_dim: int = 512,
         proj_layers: int = 3,
+        proj_hidden: int = 2048,
         temperature: float = 0.2,
         predictor: bool = False,
-        pred_dim: int = 512,
         stop_gradient: bool = False,
     ):
         super().__init__()
@@ -67,20 +79,6 @@ class SimCLR(Method):
         self.temperature = temperature
         self.stop_gradient = stop_gradient
         self.dim = dim
-
-    @classmethod
-    def from_config(cls, cfg, backbone: nn.Module, feature_dim: int) -> SimCLR:
-        return cls(
-            backbone,
-            feature_dim,
-            dim=cfg.dim,
-            proj_hidden=cfg.proj_hidden,
-            proj_layers=cfg.proj_layers,
-            temperature=cfg.temperature,
-            predictor=cfg.predictor,
-            pred_dim=cfg.pred_dim,
-            stop_gradient=cfg.stop_gradient,
-        )
 
     def forward(self, views: Views, targets: Targets | None = None) -> StepOutput:
         z1, z2 = self.encoder(views.x1), self.encoder(views.x2)  # NxC each

@@ -6,17 +6,23 @@
 
 Each view goes through the encoder in its own forward pass, so BatchNorm statistics are per view
 as in the official code; `concat_views=True` does one pass over both (faster, different BN).
-The paper's ablations are constructor options; Sec. 5.2's experiments give the targets.
+The paper's ablations are SimSiam's own options (`SimSiamOptions`, the constructor's arguments);
+Sec. 5.2's experiments give the targets.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Method, StepOutput, Targets, Views
-from .heads import float32, prediction_mlp, projection_mlp, z_std
+from ..config import Config, MethodOptions
+from ..errors import ConfigError
+from ..options import Choice, Pattern, Range, opt
+from .base import Method, StepOutput, Targeting, Targets, Views
+from .heads import HEAD_BN, float32, prediction_mlp, projection_mlp, z_std
 
 
 @float32
@@ -34,10 +40,57 @@ def cross_entropy_similarity(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 SIMILARITY = {"cosine": negative_cosine, "cross-entropy": cross_entropy_similarity}
 
 
-class SimSiam(Method):
-    OPTIONS = frozenset(
-        {"head_bn", "similarity", "symmetry", "fixed_predictor", "concat_views", "alternation", "target_memory"}
+@dataclass
+class SimSiamOptions(MethodOptions):
+    """SimSiam's ablations (Sec. 4) and Sec. 5.2's experiments on its targets."""
+
+    stop_gradient: bool = opt(True, "stop-gradient on the target z; off collapses (paper Fig. 2)")
+    predictor: bool = opt(True, "predictor MLP h; off collapses (paper Table 1a)")
+    fixed_predictor: bool = opt(False, "keep the predictor at its random init, never updated (paper Table 1b: 1.5%)")
+    head_bn: str = opt(
+        "default",
+        "BN in the MLP heads (paper Table 3): none | hidden (hidden layers only) | default "
+        "(hidden + projector output) | all (also the predictor output: unstable)",
+        check=HEAD_BN,
     )
+    similarity: str = opt(
+        "cosine",
+        "D(p, z): cosine (Eq. 1) | cross-entropy (softmax over channels, Sec. 4.5: 63.2 vs 68.1)",
+        check=Choice(tuple(SIMILARITY)),
+    )
+    symmetry: str = opt(
+        "sym",
+        "loss terms (Sec. 4.6): sym (Eq. 2) | asym: D(p1, sg(z2)) only | asym2x: asym on two "
+        "augmentation pairs per image (same predictions per image as sym)",
+        check=Choice(("sym", "asym", "asym2x")),
+    )
+    concat_views: bool = opt(False, "one forward pass over both views; changes BN statistics, so off (official code)")
+    alternation: str = opt(
+        "off",
+        "Sec. 5.2 k-step alternation: off (SimSiam) | K: targets eta = f(T'(x)) from the frozen "
+        "encoder, pre-computed for the next K steps, then K SGD steps against them | epoch",
+        check=Pattern("off|epoch|0*[1-9][0-9]*", "off, epoch or a positive number of steps"),
+    )
+    target_memory: bool = opt(
+        False,
+        "Sec. 5.2 expectation over augmentations: one target eta_x per training image, a "
+        "moving average of f(T'(x)); use with --no-predictor (paper: 55.0%, no collapse)",
+    )
+    memory_momentum: float = opt(
+        0.8, "m in eta_x <- m eta_x + (1 - m) f(T'(x)) for --target-memory (paper: 0.8)", check=Range(ge=0, lt=1)
+    )
+
+    def check(self, cfg: Config) -> None:
+        if self.alternation != "off" and self.target_memory:
+            raise ConfigError("--alternation and --target-memory are two different Sec. 5.2 experiments; choose one")
+        if self.alternation != "off" and self.symmetry == "asym2x":
+            raise ConfigError("--alternation replays two views per step; it does not combine with --symmetry asym2x")
+        if self.target_memory and self.symmetry == "asym2x":
+            raise ConfigError("--target-memory has one target per image; --symmetry asym2x does not apply")
+
+
+class SimSiam(Method):
+    Options = SimSiamOptions
 
     def __init__(
         self,
@@ -49,11 +102,14 @@ class SimSiam(Method):
         proj_hidden: int = 2048,
         stop_gradient: bool = True,
         predictor: bool = True,
-        concat_views: bool = False,
+        fixed_predictor: bool = False,
         head_bn: str = "default",
         similarity: str = "cosine",
-        symmetric: bool = True,
-        fixed_predictor: bool = False,
+        symmetry: str = "sym",
+        concat_views: bool = False,
+        alternation: str = "off",
+        target_memory: bool = False,
+        memory_momentum: float = 0.8,
     ):
         super().__init__()
         self.backbone = backbone
@@ -64,26 +120,10 @@ class SimSiam(Method):
         self.stop_gradient = stop_gradient
         self.concat_views = concat_views
         self.similarity = SIMILARITY[similarity]
-        self.symmetric = symmetric
+        self.symmetric = symmetry == "sym"  # asym2x: asym on two pairs, the view plan's job
+        self.pairs = 2 if symmetry == "asym2x" else 1
+        self.targeting = Targeting(alternation, target_memory, memory_momentum)
         self.dim = dim
-
-    @classmethod
-    def from_config(cls, cfg, backbone: nn.Module, feature_dim: int) -> SimSiam:
-        return cls(
-            backbone,
-            feature_dim,
-            dim=cfg.dim,
-            pred_dim=cfg.pred_dim,
-            proj_layers=cfg.proj_layers,
-            proj_hidden=cfg.proj_hidden,
-            stop_gradient=cfg.stop_gradient,
-            predictor=cfg.predictor,
-            concat_views=cfg.concat_views,
-            head_bn=cfg.head_bn,
-            similarity=cfg.similarity,
-            symmetric=cfg.symmetry == "sym",
-            fixed_predictor=cfg.fixed_predictor,
-        )
 
     def forward(self, views: Views, targets: Targets | None = None) -> StepOutput:
         """`targets=(t1, t2)` replaces the targets z1, z2 by given ones (Sec. 5.2: eta), no gradient."""

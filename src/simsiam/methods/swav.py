@@ -15,12 +15,17 @@ predicting side: 65.2 vs 66.5) and `--no-stop-gradient` (the codes keep their gr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..parallel import global_sum
-from ..runtime import rank_and_world
+from ..config import IMAGE_SIZE, Config, MethodOptions
+from ..data.augment import MultiCrop
+from ..errors import ConfigError
+from ..options import COUNT, POSITIVE, POSITIVE_INT, Pair, opt
+from ..parallel import global_sum, rank_and_world
 from .base import Method, ParamGroup, StepOutput, Targets, Views
 from .heads import float32, prediction_mlp, projection_mlp, z_std
 
@@ -44,10 +49,43 @@ def swapped_prediction(q: torch.Tensor, scores: torch.Tensor, temperature: float
     return -(q * F.log_softmax(scores / temperature, dim=1)).sum(dim=1).mean()
 
 
+@dataclass
+class SwAVOptions(MethodOptions):
+    """SwAV itself: no predictor, detached codes, T = 0.1 (SwAV's value for ImageNet and CIFAR);
+    Sec. 6.2's hubs turn on the predictor or the codes' gradient."""
+
+    temperature: float = opt(0.1, "softmax temperature T of the swapped prediction", check=POSITIVE)
+    prototypes: int = opt(
+        3000,
+        "number of prototypes K (l2-normalised, no bias); SwAV's 3000 is for ImageNet, "
+        "a few hundred suit 10-100 classes (digits preset: 100)",
+        check=POSITIVE_INT,
+    )
+    sinkhorn_iters: int = opt(3, "Sinkhorn-Knopp iterations", check=POSITIVE_INT)
+    sinkhorn_eps: float = opt(0.05, "Sinkhorn-Knopp epsilon (entropy regularisation)", check=POSITIVE)
+    freeze_prototypes_epochs: int = opt(1, "prototypes get no update during the first N epochs", check=COUNT)
+    queue_size: int = opt(0, "queue of past projections used in Sinkhorn (0 = off)", check=COUNT)
+    queue_start_epoch: int = opt(0, "epoch from which the queue is used", check=COUNT)
+    small_crops: int = opt(0, "multi-crop: number of extra small views (SwAV: 6); 0 = two views only", check=COUNT)
+    small_crop_size: int = opt(
+        96,
+        "multi-crop: size of the small views, below --image-size (SwAV: 96 for 224 px; "
+        "18 for 32 px with --small-crop-scale 0.08 0.5; digits preset: 8)",
+        check=IMAGE_SIZE,
+    )
+    small_crop_scale: tuple[float, float] = opt(
+        (0.05, 0.14), "multi-crop: area fraction range of the small views", check=Pair(gt=0, le=1), nargs=2
+    )
+    predictor: bool = opt(False, "Sec. 6.2 hub: SimSiam's predictor h before the prototypes (65.2 vs 66.5)")
+    stop_gradient: bool = opt(True, "the codes are detached (SwAV); off is Sec. 6.2's hub (NaN)")
+
+    def check(self, cfg: Config) -> None:
+        if self.small_crops and self.small_crop_size >= cfg.image_size:
+            raise ConfigError(f"--small-crop-size {self.small_crop_size} must be below --image-size {cfg.image_size}")
+
+
 class SwAV(Method):
-    OPTIONS = frozenset({"small_crops"})
-    # SwAV itself: no predictor, detached codes, T = 0.1 (SwAV's value for ImageNet and CIFAR).
-    DEFAULTS = dict(predictor=False, stop_gradient=True, temperature=0.1)
+    Options = SwAVOptions
     queue: torch.Tensor  # buffers: past z, newest rows first, and how many rows were filled
     queued: torch.Tensor
 
@@ -56,17 +94,20 @@ class SwAV(Method):
         backbone: nn.Module,
         feature_dim: int,
         dim: int = 2048,
-        proj_hidden: int = 2048,
+        pred_dim: int = 512,
         proj_layers: int = 3,
-        prototypes: int = 3000,
+        proj_hidden: int = 2048,
         temperature: float = 0.1,
+        prototypes: int = 3000,
         sinkhorn_iters: int = 3,
         sinkhorn_eps: float = 0.05,
-        freeze_epochs: int = 1,
+        freeze_prototypes_epochs: int = 1,
         queue_size: int = 0,
         queue_start_epoch: int = 0,
+        small_crops: int = 0,
+        small_crop_size: int = 96,
+        small_crop_scale: tuple[float, float] = (0.05, 0.14),
         predictor: bool = False,
-        pred_dim: int = 512,
         stop_gradient: bool = True,
     ):
         super().__init__()
@@ -79,30 +120,11 @@ class SwAV(Method):
         self.register_buffer("queue", torch.zeros(queue_size, dim))  # newest rows first
         self.register_buffer("queued", torch.zeros((), dtype=torch.long))  # rows filled so far
         self.temperature, self.iters, self.eps = temperature, sinkhorn_iters, sinkhorn_eps
-        self.freeze_epochs, self.queue_start_epoch = freeze_epochs, queue_start_epoch
+        self.freeze_epochs, self.queue_start_epoch = freeze_prototypes_epochs, queue_start_epoch
+        self.multi_crop = MultiCrop(small_crops, small_crop_size, small_crop_scale) if small_crops else None
         self.stop_gradient = stop_gradient
         self.epoch = 0  # set by the loop's on_epoch_start (also after a resume)
         self.dim = dim
-
-    @classmethod
-    def from_config(cls, cfg, backbone: nn.Module, feature_dim: int) -> SwAV:
-        return cls(
-            backbone,
-            feature_dim,
-            dim=cfg.dim,
-            proj_hidden=cfg.proj_hidden,
-            proj_layers=cfg.proj_layers,
-            prototypes=cfg.prototypes,
-            temperature=cfg.temperature,
-            sinkhorn_iters=cfg.sinkhorn_iters,
-            sinkhorn_eps=cfg.sinkhorn_eps,
-            freeze_epochs=cfg.freeze_prototypes_epochs,
-            queue_size=cfg.queue_size,
-            queue_start_epoch=cfg.queue_start_epoch,
-            predictor=cfg.predictor,
-            pred_dim=cfg.pred_dim,
-            stop_gradient=cfg.stop_gradient,
-        )
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch

@@ -1,0 +1,99 @@
+"""`simsiam eval`: a trained backbone (a run directory, a checkpoint, an official SimSiam
+checkpoint), the data to evaluate it on (its own unless given), one protocol (`evaluate.py`'s kNN or
+linear probe), a typed result written as JSON beside the source.
+
+    from simsiam.evaluation import evaluate
+    res = evaluate("runs/digits-...", "knn")      # res.top1, res.collapsed; RUN_DIR/eval_knn.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from . import checkpoint
+from .config import Config
+from .data import labeled_splits
+from .errors import ConfigError
+from .evaluate import knn_report, linear_report
+from .options import KnnOptions, LinearOptions
+from .parallel import is_main
+from .records import Evaluation
+from .runs import OFFICIAL, load_backbone
+from .runtime import resolve_device
+
+
+def evaluate(
+    source: str | Path,
+    protocol: str = "knn",
+    *,
+    data_dir: str | None = None,
+    dataset: str | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    k: int = 200,
+    t: float = 0.1,
+    fast: bool = False,
+    epochs: int = 90,
+    batch_size: int = 4096,
+    lr: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> Evaluation:
+    """Evaluate the backbone of `source` (a run directory, a checkpoint, or an official SimSiam
+    checkpoint) with `protocol` "knn" or "linear" (`fast` for the L-BFGS probe) on its own data,
+    or on `data_dir` / `dataset`. The result is written as JSON beside the source (RUN_DIR/eval_knn.json,
+    eval_linear.json, eval_linear_fast.json; CKPT.eval_knn.json for a file) or to `out`, and
+    returned with its "path"."""
+    if protocol not in ("knn", "linear"):
+        raise ConfigError(f"unknown evaluation protocol {protocol!r}; choose knn or linear")
+    if protocol == "knn":  # the options' declared checks (`simsiam eval`'s), before anything is read
+        KnnOptions(device=device, k=k, t=t)
+    else:
+        LinearOptions(device=device, fast=fast, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    backbone, cfg = load_backbone(source, resolve_device(device))
+    cfg = _data_to_evaluate(cfg, data_dir, dataset)
+    train_set, test_set = labeled_splits(cfg)
+    size, mean, std = cfg.image_size, cfg.mean, cfg.std
+    res: Evaluation
+    if protocol == "knn":
+        res = knn_report(backbone, train_set, test_set, size, mean, std, k=k, t=t)
+        name = "eval_knn"
+    else:
+        res = linear_report(
+            backbone,
+            train_set,
+            test_set,
+            size,
+            mean,
+            std,
+            fast=fast,
+            epochs=epochs,
+            batch_size=batch_size,
+            base_lr=lr,
+            seed=seed,
+            progress=progress,
+        )
+        name = "eval_linear_fast" if fast else "eval_linear"
+    path = Path(out) if out else _beside(Path(source), name)
+    res = dataclasses.replace(res, source=str(source), dataset=cfg.dataset, data_dir=cfg.data_dir, path=str(path))
+    if is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_atomic(path, json.dumps(res.to_json(), indent=2) + "\n")
+    return res
+
+
+def _data_to_evaluate(cfg: Config, data_dir: str | None, dataset: str | None) -> Config:
+    """The run's config with the data to evaluate on: the run's own unless given."""
+    if cfg.preset == OFFICIAL and not data_dir:
+        raise ConfigError("an official SimSiam checkpoint does not record its data; give --data-dir DIR")
+    if data_dir:
+        return cfg.replace(data_dir=data_dir, dataset=dataset or "folder")
+    if dataset:
+        return cfg.replace(dataset=dataset, data_dir=None if dataset == "digits" else cfg.data_dir)
+    return cfg
+
+
+def _beside(source: Path, name: str) -> Path:
+    return source / f"{name}.json" if source.is_dir() else source.with_name(f"{source.stem}.{name}.json")
