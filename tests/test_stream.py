@@ -3,6 +3,7 @@ is one line from DataLoader workers too, unreadable files are counted in one war
 too small for BatchNorm are dropped and counted, and a pass that yields nothing is one line."""
 
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,33 @@ def test_unreadable_files_are_one_counted_warning_naming_a_few(tmp_path, capsys)
     (line,) = warnings_of(capsys.readouterr().err)
     assert f"skipped 4 unreadable image file(s) while streaming {tmp_path / 'photos'}" in line
     assert f"e.g. {paths[1]}, {paths[4]}, {paths[6]} (--strict stops at the first)" in line
+
+
+def test_a_stuck_worker_costs_a_pause_and_a_warning_not_the_run(tmp_path, capsys, monkeypatch):
+    """A forked worker can inherit a lock that a thread of the parent held at the fork and wait on
+    it forever (CI once hung 90 minutes on this file). A worker silent for WORKER_STALL_SECONDS is
+    stopped and the rest of the pass is decoded in the main process: the same batches, in order."""
+    paths = files(tmp_path / "photos", "ggggggbg")
+    want = [b.tolist() for b in file_set(paths).batches(2)]
+    capsys.readouterr()
+    real = D.decode_image
+
+    def stuck_in_a_worker(path, size):
+        if path == paths[3] and torch.utils.data.get_worker_info() is not None:
+            threading.Event().wait()  # a lock nobody will release
+        return real(path, size)
+
+    monkeypatch.setattr(D, "decode_image", stuck_in_a_worker)  # the workers are forked: they get it too
+    monkeypatch.setattr(D, "WORKER_STALL_SECONDS", 2)
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.5)  # the join before kill
+    got = [b.tolist() for b in file_set(paths).batches(2, workers=2)]
+    assert got == want
+    stalled, skipped = warnings_of(capsys.readouterr().err)
+    assert stalled == (
+        "simsiam: warning: the 2 image-decoding worker(s) sent no batch in 2 s; decoding the other 3 "
+        "batch(es) of this pass in the main process (if this repeats, use --workers 0)"
+    )
+    assert "skipped 1 unreadable image file(s)" in skipped
 
 
 def test_batches_left_too_small_are_dropped_and_counted(tmp_path, capsys):

@@ -142,9 +142,8 @@ def train_linear(
     `features(idx, epoch)` returns the (frozen) features of the training images `idx`: fixed
     features for the fast mode, features of freshly augmented crops for the paper's protocol.
     """
-    from tqdm import tqdm
-
     from .optim import LARS, cosine_lr, set_lr
+    from .runtime import Bar
 
     device = labels.device
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -156,7 +155,7 @@ def train_linear(
     lr = base_lr * batch_size / 256
     opt = LARS(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = labels.shape[0]
-    for epoch in tqdm(range(epochs), desc="linear", unit="epoch", disable=not progress, leave=False):
+    for epoch in Bar(range(epochs), desc="linear", unit="epoch", disable=not progress, leave=False):
         set_lr(opt, cosine_lr(lr, epoch / epochs))
         perm = torch.randperm(n, generator=g).to(device)
         for idx in perm.split(batch_size):

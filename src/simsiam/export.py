@@ -166,10 +166,8 @@ def embed_folder(
     """Backbone features (N, D) of every image under data_dir to `out` (.npy) and the image paths,
     in the same order, to `out` with .csv. With projector=True also z = projector(features) to
     `out` with suffix `.projector.npy` (needs a run directory with checkpoint.pt)."""
-    from tqdm import tqdm
-
     from .options import EmbedOptions, check_values
-    from .runtime import resolve_device
+    from .runtime import Bar, resolve_device
 
     check_values(EmbedOptions, batch_size=batch_size)  # `simsiam embed`'s declared checks, before any file
     device = resolve_device(device) if isinstance(device, str) else device  # "auto", "cuda:1"; a bad name: one line
@@ -177,7 +175,7 @@ def embed_folder(
     backbone, cfg = load_backbone(source, device)
     proj = _load_projector(source, cfg, device) if projector else None
     feats, zs, kept, bad = [], [], [], []
-    for i in tqdm(range(0, len(paths), batch_size), desc="embed", unit="batch", disable=not progress):
+    for i in Bar(range(0, len(paths), batch_size), desc="embed", unit="batch", disable=not progress):
         chunk = paths[i : i + batch_size]
         arrays = [decode_image(p, cfg.stored_size) for p in chunk]
         bad += [p for p, a in zip(chunk, arrays) if a is None]

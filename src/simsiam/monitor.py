@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from . import checkpoint
 from .config import Config
@@ -24,7 +23,7 @@ from .methods.base import StepOutput
 from .optim import global_step
 from .parallel import is_main, mean_over_ranks
 from .records import EpochStats, MetricsRow, Partial
-from .runtime import log
+from .runtime import Bar, log
 
 
 class Monitor:
@@ -33,7 +32,7 @@ class Monitor:
         self.steps_per_epoch = steps_per_epoch
         self.writer = _tensorboard(run_dir) if cfg.tensorboard and is_main() else None
         self.low_epochs = 0  # consecutive epochs with z-std under the collapse threshold
-        self.bar = tqdm(
+        self.bar = Bar(
             total=steps_per_epoch * cfg.epochs,
             initial=start_epoch * steps_per_epoch,
             unit="step",

@@ -42,6 +42,13 @@ def drop_inherited_locks(worker_id: int = 0) -> None:
     _HELD_LOCKS.clear()
 
 
+class Bar(tqdm):
+    """tqdm without its monitor thread: a thread of the trainer that holds a lock when a DataLoader
+    worker is forked leaves the worker a copy of that lock that nobody releases."""
+
+    monitor_interval = 0
+
+
 def log(msg: str) -> None:
     """A line on stdout that does not break a progress bar; rank 0 only."""
     if is_main():

@@ -31,6 +31,7 @@ from ..errors import DataError, warn
 from ..parallel import rank_and_world
 from ..runtime import drop_inherited_locks
 
+WORKER_STALL_SECONDS = 120  # a DataLoader worker silent this long is stuck (FileSet._decoded)
 HOLDOUT_SEED = 1234  # the held-out split never depends on --seed, so runs stay comparable
 UNLABELED = -1
 TORCHVISION_SETS = ("cifar10", "cifar100", "stl10")
@@ -133,21 +134,14 @@ class FileSet:
         torchrun with more than one process a dropped batch is a DataError instead: the processes
         step together, and one that skipped a step would leave the others waiting for it. A pass
         that yields no batch at all (every file unreadable, or every batch dropped) is a DataError."""
-        from torch.utils.data import BatchSampler, DataLoader
+        from torch.utils.data import BatchSampler
 
         order = torch.arange(len(self)) if order is None else order.cpu()
-        loader = DataLoader(
-            _Decode(self.paths, self.size),
-            num_workers=workers,
-            collate_fn=_stack_good,
-            batch_sampler=BatchSampler(order.tolist(), batch_size, drop_last),
-            pin_memory=pin_memory,
-            worker_init_fn=drop_inherited_locks,  # the run lock stays the trainer's alone
-        )
+        plan = list(BatchSampler(order.tolist(), batch_size, drop_last))
         min_batch = max(1, min_batch)
         bad: list[str] = []
         read = yielded = dropped = 0
-        for images, bad_paths in loader:
+        for images, bad_paths in self._decoded(plan, workers, pin_memory):
             if bad_paths and self.strict:
                 raise DataError(
                     f"cannot read image {bad_paths[0]}; fix or remove it, or drop --strict to skip bad files"
@@ -180,6 +174,47 @@ class FileSet:
             )
         if dropped:
             warn(f"dropped {dropped} batch(es) left with {too_few}")
+
+    def _decoded(self, plan: list[list[int]], workers: int, pin_memory: bool):
+        """(images, unreadable paths) of each batch of `plan`, in order, decoded by `workers`
+        DataLoader workers. A worker that sends nothing for WORKER_STALL_SECONDS is taken for stuck
+        (a forked worker can inherit a lock that a thread of the parent held at the fork, and then
+        waits forever): the workers are stopped, and the rest of the pass is decoded here, with a
+        warning. The batches are the same either way."""
+        from torch.utils.data import DataLoader
+
+        dataset = _Decode(self.paths, self.size)
+        done = 0
+        if workers > 0:
+            loader = DataLoader(
+                dataset,
+                num_workers=workers,
+                collate_fn=_stack_good,
+                batch_sampler=plan,
+                pin_memory=pin_memory,
+                worker_init_fn=drop_inherited_locks,  # the run lock stays the trainer's alone
+                timeout=WORKER_STALL_SECONDS,
+            )
+            batches = iter(loader)
+            try:
+                while done < len(plan):
+                    try:
+                        item = next(batches)
+                    except RuntimeError as e:
+                        if "timed out" not in str(e):
+                            raise
+                        warn(
+                            f"the {workers} image-decoding worker(s) sent no batch in {WORKER_STALL_SECONDS} s; "
+                            f"decoding the other {len(plan) - done} batch(es) of this pass in the main process "
+                            "(if this repeats, use --workers 0)"
+                        )
+                        break
+                    done += 1
+                    yield item
+            finally:
+                del batches  # stops the workers, a stuck one included (terminated)
+        for rows in plan[done:]:
+            yield _stack_good([dataset[i] for i in rows])
 
     def _root(self) -> str:
         """The folder that holds the files (for messages)."""
@@ -654,6 +689,16 @@ def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
 
 
 _OPEN_LOCK = threading.Lock()
+
+
+def _new_open_lock() -> None:
+    """A forked child (a DataLoader worker) gets a fresh lock: its copy of one that a decode thread
+    of the parent held at the fork would never be released."""
+    global _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_open_lock)
 
 
 def _open(path: str) -> Image.Image:
