@@ -135,9 +135,15 @@ def differences(a: Path, b: Path) -> list[str]:
     if metrics(a) != metrics(b):
         diffs.append(f"metrics differ: {metrics(a)} vs {metrics(b)}")
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
-    if sa.keys() != sb.keys():
-        diffs.append(f"summary.json keys differ: {sorted(sa.keys() ^ sb.keys())}")
+    if sa.keys() - sb.keys():  # a key users' scripts read is gone; a new one (head only) breaks nothing
+        diffs.append(f"summary.json lost keys: {sorted(sa.keys() - sb.keys())}")
     return diffs
+
+
+def added_keys(a: Path, b: Path) -> list[str]:
+    """summary.json keys the head writes and the base did not (a new measurement, not a difference)."""
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    return sorted(sb.keys() - sa.keys())
 
 
 def main() -> int:
@@ -184,6 +190,8 @@ def main() -> int:
             diffs = differences(base_dir, head_dir)
             n = len(tensors(head_dir))
             print(f"{name:28s} {'SAME' if not diffs else 'DIFFERENT'} ({n} tensors, {len(metrics(head_dir))} epochs)")
+            if added := added_keys(base_dir, head_dir):
+                print(f"    summary.json adds keys: {added}")
             for d in diffs[:10]:
                 print(f"    {d}")
             if len(diffs) > 10:
