@@ -93,6 +93,21 @@ def test_throughput_benchmark_prints_the_efficiency_of_its_figures_and_writes_it
     assert "old" not in written and f"**{efficiency:.2f}**" in written and "batch 32" in written
 
 
+def test_rank_benchmark_measures_the_share_and_the_sample_sizes(results, monkeypatch, capsys):
+    args = ["--skip-cifar", "--digits-epochs", "5", "--draws", "2", "--tiny"]
+    out = run_script("rank.py", args, monkeypatch, capsys)
+    row = next(line for line in out.splitlines() if line.startswith("| digits"))
+    cells = row.split("|")[2:-1]
+    assert cells[0].strip() == "5 (1)"  # every 5th epoch: the 5th
+    epoch, one, share = number(cells[1]), number(cells[2]), number(cells[4].strip(" *%"))
+    assert_ratio(number(cells[3].rstrip(" %")) / 100, one, epoch, 2, 1, 3)
+    assert_ratio(share / 100, one, 5 * epoch, 2, 0, 3)  # one measurement in 5 epochs (their rounding: 1 decimal)
+    sizes = [int(line.split("|")[1]) for line in out.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert sizes == [128, 256, 512, 1024]  # digits' train split holds 1438 images
+    written = section(results, "rank.py")
+    assert row in written and "Measured at commit" in written
+
+
 def test_vs_lightly_benchmark_runs_both_sides(tmp_path):
     """The lightly comparison end to end on a tiny folder (2 classes, 24 + 6 images each), seconds
     instead of minutes: throughput rounds, the budget race, both kNNs, the table."""

@@ -103,6 +103,12 @@ def test_short_default_run_writes_summary_and_files(tmp_path, capsys):
     assert res.returncode == 0, res.stderr
     assert "random init" in res.stdout and "z-std" in res.stdout
     s = json.loads((run_dir / "summary.json").read_text())
+    # 64-d features (width 1/8) and 2048-d z, on the 256 images of the subset
+    assert (s["rank_backbone_max"], s["rank_z_max"]) == (64, 256)
+    assert (
+        f"effective rank (no labels needed; 1 = collapsed): features {s['rank_backbone']:.1f} of at most 64, "
+        f"z {s['rank_z']:.1f} of at most 256"
+    ) in res.stdout
     for key in [
         "method",
         "dataset",

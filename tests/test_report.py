@@ -11,7 +11,7 @@ from simsiam.report import write_report
 
 from conftest import assert_picture, tiny_config
 
-PLOTS = ["loss.png", "z_std.png", "knn.png", "lr.png", "retrieval.png", "embedding.png"]
+PLOTS = ["loss.png", "z_std.png", "rank.png", "knn.png", "lr.png", "retrieval.png", "embedding.png"]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,12 @@ def test_summary_has_the_runs_numbers_and_links_every_plot(run, page):
     assert f"({gain:+.2f} points)" in text
     assert f"{s['z_std_healthy']:.4f}" in text and f"{s['loss']:.4f}" in text
     assert "| method | simsiam |" in text and "| dataset | digits |" in text
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["rank_backbone_max"] == 64 and last["rank_z_max"] == 64  # 64-d features and z, 256 images
+    assert (
+        f"| effective rank | features {s['rank_backbone']:.1f} of at most 64; z {s['rank_z']:.1f} of at most 64 "
+        "(epoch 2; 1 = collapsed) |"
+    ) in text
     for name in PLOTS:
         assert f"]({name})" in text, name
     assert "Unfinished run" not in text
@@ -60,6 +66,8 @@ def test_unfinished_run_without_knn_still_gets_curves(run, tmp_path):
     with open(tmp_path / "metrics.jsonl", "w") as f:
         for r in rows[:1]:
             r.pop("knn_top1", None)
+            for key in ("rank_backbone", "rank_z", "rank_backbone_max", "rank_z_max"):  # as in an older run
+                r.pop(key, None)
             f.write(json.dumps(r) + "\n")
         f.write('{"epoch": 2, "lo')  # torn line: the run is writing it right now
 
@@ -74,5 +82,6 @@ def test_unfinished_run_without_knn_still_gets_curves(run, tmp_path):
     text = page.read_text()
     assert "Unfinished run" in text and "1 of 2" in text
     assert "- kNN top-1: not measured yet" in text and "## Not in this report" in text
+    assert "- Effective rank: not measured (--rank-samples 0, or an older run)" in text
     assert "retrieval and embedding map:" in text and "backbone.pt" in text
     assert "knn.png" not in text and "retrieval.png" not in text

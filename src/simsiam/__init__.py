@@ -29,6 +29,8 @@ _WHERE = {
     "extract_features": ".evaluate",
     "knn_accuracy": ".evaluate",
     "knn_predict": ".evaluate",
+    "evaluate_rank": ".evaluation",
+    "effective_rank": ".health",
     "METHODS": ".methods",
     "Method": ".methods",
     "StepOutput": ".methods",

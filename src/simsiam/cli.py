@@ -23,6 +23,8 @@ from .options import (
     ExperimentOptions,
     KnnOptions,
     LinearOptions,
+    Options,
+    RankOptions,
     ReproduceOptions,
 )
 from .records import Summary
@@ -132,22 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(tr, Config, hidden=_HIDDEN, preset_defaults=True)
     _add_method_options(tr)
 
-    ev = sub.add_parser("eval", help="evaluate a trained backbone (kNN or linear probe)")
+    ev = sub.add_parser("eval", help="evaluate a trained backbone (kNN, linear probe, or effective rank)")
     ev_sub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    knn = ev_sub.add_parser(
-        "knn",
-        help="weighted kNN on frozen features (train split = bank, test = queries)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    _add_source_and_data(knn)
-    _add_options(knn, KnnOptions)
-    lin = ev_sub.add_parser(
-        "linear",
-        help="linear classifier on frozen pool features (paper App. A protocol)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    _add_source_and_data(lin)
-    _add_options(lin, LinearOptions)
+    protocols: list[tuple[str, str, type[Options]]] = [
+        ("knn", "weighted kNN on frozen features (train split = bank, test = queries)", KnnOptions),
+        ("linear", "linear classifier on frozen pool features (paper App. A protocol)", LinearOptions),
+        ("rank", "effective rank (RankMe) of the frozen features: a label-free health measure", RankOptions),
+    ]
+    for name, what, options in protocols:
+        protocol = ev_sub.add_parser(name, help=what, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        _add_source_and_data(protocol)
+        _add_options(protocol, options)
 
     ex = sub.add_parser(
         "export", help="backbone weights as safetensors + a torchvision/timm-loadable state_dict, or as ONNX"
@@ -295,8 +292,18 @@ def _train(args) -> None:
 
 
 def _eval(args) -> None:
-    from .evaluation import evaluate
+    from .evaluation import evaluate, evaluate_rank
     from .parallel import process_group
+
+    if args.protocol == "rank":
+        options = dataclasses.asdict(RankOptions.from_args(args))
+        with process_group(resolve_device(args.device)):
+            r = evaluate_rank(args.source, data_dir=args.data_dir, dataset=args.dataset, out=args.out, **options)
+        log(
+            f"effective rank {r.rank:.1f} of at most {r.rank_max} ({r.num_images} images, {r.feature_dim}-d "
+            f"features; 1 = complete collapse) -> {r.path}"
+        )
+        return
 
     options = dataclasses.asdict((KnnOptions if args.protocol == "knn" else LinearOptions).from_args(args))
     with process_group(resolve_device(args.device)):  # under torchrun each process extracts a share of the features
@@ -432,4 +439,9 @@ def _describe(s: Summary) -> str:
     lines.append(knn)
     state = "COLLAPSED" if s.collapsed else "no collapse"
     lines.append(f"z-std {s.z_std:.4f} (healthy ~1/sqrt(d) = {s.z_std_healthy:.4f}): {state}")
+    if s.rank_backbone is not None and s.rank_z is not None:
+        lines.append(
+            f"effective rank (no labels needed; 1 = collapsed): features {s.rank_backbone:.1f} of at most "
+            f"{s.rank_backbone_max}, z {s.rank_z:.1f} of at most {s.rank_z_max}"
+        )
     return "\n".join(lines)

@@ -163,6 +163,17 @@ class Config:
     knn_every: int = _opt(
         10, "run the kNN monitor every N epochs (and always at the end); 0 = only at the end", check=COUNT
     )
+    rank_every: int = _opt(
+        1,
+        "measure the effective rank (RankMe) of the features and of z every N epochs (and always at the "
+        "end), no labels needed; 0 = only at the end",
+        check=COUNT,
+    )
+    rank_samples: int = _opt(
+        1024,
+        "training images (a fixed sample, not augmented) the effective rank is measured on; 0 = never measure it",
+        check=COUNT,
+    )
     knn_random_init: bool = _opt(True, "also measure kNN of the backbone at random init, so the gain is visible")
     collapse_patience: int = _opt(
         3, "warn 'looks collapsed' after this many epochs in a row under the threshold", check=POSITIVE_INT
@@ -394,6 +405,9 @@ PRESETS: dict[str, dict] = {
             "mean": (0.5, 0.5, 0.5),
             "std": (0.5, 0.5, 0.5),
             "knn_every": 5,
+            # 1024 of its 1438 images cost ~12% of an epoch this small; every 5th epoch: ~2.4%
+            # (benchmarks/rank.py)
+            "rank_every": 5,
             "prototypes": 100,
             "small_crop_size": 8,
         },

@@ -31,6 +31,7 @@ from .data.datasets import Images
 from .errors import ConfigError, DataError, Interrupted, SimSiamError, TrainingError, warn
 from .eta import NoTargets, target_provider
 from .evaluate import knn_accuracy
+from .health import embedding_ranks, rank_sample
 from .methods import Method, build_model
 from .monitor import Monitor
 from .optim import build_optimizer, global_step, lr_at, set_lr
@@ -201,9 +202,17 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats, monitor: Monitor) -> Metr
         images_per_second=stats.images_per_second,
         epoch_seconds=stats.epoch_seconds,
     )
+    if cfg.rank_samples and (epoch + 1 == cfg.epochs or (cfg.rank_every and (epoch + 1) % cfg.rank_every == 0)):
+        t0 = time.perf_counter()
+        r = ranks(run)
+        row.rank_seconds = time.perf_counter() - t0
+        row.rank_backbone, row.rank_z = r["rank_backbone"], r.get("rank_z")
+        row.rank_backbone_max, row.rank_z_max = r["rank_backbone_max"], r.get("rank_z_max")
+        monitor.show_rank(row.rank_backbone, row.rank_z)
     if run.has_labels and (epoch + 1 == cfg.epochs or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):
         row.knn_top1 = top1 = knn(run)
-        log(f"epoch {epoch + 1}: loss {row.loss:.4f}, z-std {row.z_std:.4f}, kNN top-1 {100 * top1:.2f}%")
+        rank = f", effective rank {row.rank_backbone:.1f}" if row.rank_backbone is not None else ""
+        log(f"epoch {epoch + 1}: loss {row.loss:.4f}, z-std {row.z_std:.4f}{rank}, kNN top-1 {100 * top1:.2f}%")
     row.rss_mb = resident_memory_mb()
     run.metrics.append(row)
     save_checkpoint(run, epoch + 1, 0)  # first the checkpoint, then its line: a resume never repeats an epoch
@@ -313,6 +322,10 @@ def finish(run: Run, last: MetricsRow | None) -> Summary:
         images_per_second=run.steps_per_epoch * cfg.epochs * cfg.batch_size / max(run.train_seconds, 1e-9),
         knn_top1=last.knn_top1,
         knn_top1_random_init=run.knn_random,
+        rank_backbone=last.rank_backbone,
+        rank_z=last.rank_z,
+        rank_backbone_max=last.rank_backbone_max,
+        rank_z_max=last.rank_z_max,
         loss=last.loss,
         z_std=last.z_std,
         z_std_healthy=run.z_healthy,
@@ -327,6 +340,16 @@ def finish(run: Run, last: MetricsRow | None) -> Summary:
         checkpoint.write_atomic(run.run_dir / "summary.json", json.dumps(summary.to_json(), indent=2) + "\n")
     barrier()
     return summary
+
+
+def ranks(run: Run) -> dict:
+    """The effective rank (RankMe, `health.py`) of the backbone's features and of z on a fixed sample
+    of training images, with their ceilings: no labels, no augmentation, nothing drawn from the
+    run's generator, no module left in another mode."""
+    cfg = run.cfg
+    sample = run.data.train.select(rank_sample(len(run.data.train), cfg.rank_samples))
+    projector = getattr(run.method, "projector", None)  # a method of one's own may have none: features only
+    return embedding_ranks(run.method.backbone, projector, sample, cfg.image_size, cfg.mean, cfg.std, cfg.channels_last)
 
 
 def knn(run: Run) -> float:
@@ -615,6 +638,8 @@ _NOT_THE_MODEL = {
     "workers",
     "log_every",
     "knn_every",
+    "rank_every",
+    "rank_samples",
     "report",
     "tensorboard",
     "checkpoint_every",

@@ -29,18 +29,23 @@ def extract_features(
     batch_size: int = 512,
     channels_last: bool = False,
     l2: bool = True,
+    paired: bool = True,
 ) -> torch.Tensor:
     """Pooled features (N, D) of uint8 images (a tensor, an ImageSet or a streamed FileSet),
     backbone in eval mode, fp32; l2-normalised for kNN, raw (`l2=False`) for the linear probe.
-    Under torchrun each process computes a contiguous share and every process gets all N rows."""
-    if rank_and_world()[1] > 1 and len(images) >= rank_and_world()[1]:
+    Under torchrun each process computes a contiguous share and every process gets all N rows.
+
+    `paired` (the rows will be matched with labels): a streamed file that cannot be read is a
+    DataError. `paired=False` (a label-free measure): its row is left out, and every process
+    computes every row (shares could differ in length)."""
+    if paired and rank_and_world()[1] > 1 and len(images) >= rank_and_world()[1]:
         part = shard(len(images))
         images = images[part.to(images.device)] if isinstance(images, torch.Tensor) else images.select(part)
-        return gather_rows(_features(backbone, images, size, mean, std, batch_size, channels_last, l2))
-    return _features(backbone, images, size, mean, std, batch_size, channels_last, l2)
+        return gather_rows(_features(backbone, images, size, mean, std, batch_size, channels_last, l2, paired))
+    return _features(backbone, images, size, mean, std, batch_size, channels_last, l2, paired)
 
 
-def _features(backbone, images, size, mean, std, batch_size, channels_last, l2) -> torch.Tensor:
+def _features(backbone, images, size, mean, std, batch_size, channels_last, l2, paired=True) -> torch.Tensor:
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
@@ -54,7 +59,7 @@ def _features(backbone, images, size, mean, std, batch_size, channels_last, l2) 
         feats.append(F.normalize(f, dim=1) if l2 else f)
     backbone.train(was_training)
     n = sum(len(f) for f in feats)
-    if n != len(images):  # streamed files skipped as unreadable: the rows would not match the labels
+    if paired and n != len(images):  # streamed files skipped as unreadable: the rows would not match the labels
         raise DataError(
             f"{len(images) - n} of the {len(images)} images to evaluate could not be read (see the warning above); "
             "evaluation pairs every image with its label: fix or remove the unreadable files"

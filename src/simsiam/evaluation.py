@@ -1,9 +1,11 @@
 """`simsiam eval`: a trained backbone (a run directory, a checkpoint, an official SimSiam
 checkpoint), the data to evaluate it on (its own unless given), one protocol (`evaluate.py`'s kNN or
-linear probe), a typed result written as JSON beside the source.
+linear probe; or, with no labels needed, the effective rank of its features), a typed result
+written as JSON beside the source.
 
-    from simsiam.evaluation import evaluate
+    from simsiam.evaluation import evaluate, evaluate_rank
     res = evaluate("runs/digits-...", "knn")      # res.top1, res.collapsed; RUN_DIR/eval_knn.json
+    evaluate_rank("runs/digits-...").rank         # RUN_DIR/eval_rank.json
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from pathlib import Path
 
 from . import checkpoint
 from .config import Config
-from .data import labeled_splits
+from .data import labeled_splits, load_splits
 from .errors import ConfigError
 from .evaluate import knn_report, linear_report
-from .options import KnnOptions, LinearOptions
+from .health import embedding_ranks, rank_sample
+from .options import KnnOptions, LinearOptions, RankOptions
 from .parallel import is_main
-from .records import Evaluation
+from .records import Evaluation, RankResult
 from .runs import OFFICIAL, load_backbone
 from .runtime import resolve_device
 
@@ -78,6 +81,42 @@ def evaluate(
         name = "eval_linear_fast" if fast else "eval_linear"
     path = Path(out) if out else _beside(Path(source), name)
     res = dataclasses.replace(res, source=str(source), dataset=cfg.dataset, data_dir=cfg.data_dir, path=str(path))
+    if is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_atomic(path, json.dumps(res.to_json(), indent=2) + "\n")
+    return res
+
+
+def evaluate_rank(
+    source: str | Path,
+    *,
+    data_dir: str | None = None,
+    dataset: str | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    samples: int = 1024,
+) -> RankResult:
+    """The effective rank (RankMe, `health.py`) of the backbone of `source` (a run directory, a
+    checkpoint, an official SimSiam checkpoint) on a fixed sample of `samples` images of its own
+    data's train split, or of `data_dir` / `dataset`; labels are not needed. Written as JSON beside
+    the source (RUN_DIR/eval_rank.json, CKPT.eval_rank.json) or to `out`."""
+    RankOptions(device=device, samples=samples)
+    backbone, cfg = load_backbone(source, resolve_device(device))
+    cfg = _data_to_evaluate(cfg, data_dir, dataset)
+    train_set, _ = load_splits(cfg)
+    sample = train_set.select(rank_sample(len(train_set), samples))
+    r = embedding_ranks(backbone, None, sample, cfg.image_size, cfg.mean, cfg.std)
+    path = Path(out) if out else _beside(Path(source), "eval_rank")
+    res = RankResult(
+        rank=r["rank_backbone"],
+        rank_max=r["rank_backbone_max"],
+        num_images=len(sample),
+        feature_dim=r["dim_backbone"],
+        source=str(source),
+        dataset=cfg.dataset,
+        data_dir=cfg.data_dir,
+        path=str(path),
+    )
     if is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.write_atomic(path, json.dumps(res.to_json(), indent=2) + "\n")

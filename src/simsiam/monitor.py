@@ -32,6 +32,7 @@ class Monitor:
         self.steps_per_epoch = steps_per_epoch
         self.writer = _tensorboard(run_dir) if cfg.tensorboard and is_main() else None
         self.low_epochs = 0  # consecutive epochs with z-std under the collapse threshold
+        self.shown: dict[str, str] = {}  # what the progress line shows after the bar
         self.bar = Bar(
             total=steps_per_epoch * cfg.epochs,
             initial=start_epoch * steps_per_epoch,
@@ -74,9 +75,8 @@ class Monitor:
                 self.writer.add_scalar("step/loss", loss, done)
                 self.writer.add_scalar("step/z_std", out.z_std.item(), done)
             images_per_second = (step + 1) * self.cfg.batch_size / (time.perf_counter() - self.t0)
-            self.bar.set_postfix(
-                loss=f"{loss:.4f}", z_std=f"{out.z_std.item():.4f}", img_s=f"{images_per_second:.0f}", refresh=False
-            )
+            self.shown.update(loss=f"{loss:.4f}", z_std=f"{out.z_std.item():.4f}", img_s=f"{images_per_second:.0f}")
+            self.bar.set_postfix(self.shown, refresh=False)
 
     def end_epoch(self) -> EpochStats:
         """The epoch's mean loss and z-std (over the processes too), its speed and duration; never
@@ -91,6 +91,13 @@ class Monitor:
             images_per_second=self.steps * self.cfg.batch_size / seconds,
             epoch_seconds=seconds,
         )
+
+    def show_rank(self, rank_backbone: float, rank_z: float | None) -> None:
+        """The last measured effective ranks, on the progress line from now on."""
+        self.shown["rank"] = f"{rank_backbone:.1f}"
+        if rank_z is not None:
+            self.shown["rank_z"] = f"{rank_z:.1f}"
+        self.bar.set_postfix(self.shown, refresh=False)
 
     def record(self, row: MetricsRow) -> None:
         """Append the epoch's row to metrics.jsonl (and TensorBoard); warn when it looks collapsed."""

@@ -308,6 +308,15 @@ class KnnOptions(DeviceOptions):
 
 
 @dataclass
+class RankOptions(DeviceOptions):
+    """`simsiam eval rank`."""
+
+    samples: int = opt(
+        1024, "images (a fixed sample of the train split, not augmented) to measure on", check=POSITIVE_INT
+    )
+
+
+@dataclass
 class LinearOptions(DeviceOptions):
     """`simsiam eval linear`."""
 

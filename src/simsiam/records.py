@@ -67,12 +67,18 @@ class MetricsRow(Record):
     images_per_second: float
     epoch_seconds: float
     knn_top1: float | None = None
+    rank_backbone: float | None = None  # effective rank (RankMe) of the features, where measured
+    rank_z: float | None = None  # ... and of z
+    rank_backbone_max: int | None = None  # their ceilings min(N, D): sample size or dimension
+    rank_z_max: int | None = None
+    rank_seconds: float | None = None  # what measuring them took (not part of epoch_seconds)
     rss_mb: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         row = super().to_json()
-        if row["knn_top1"] is None:
-            del row["knn_top1"]
+        for key in ("knn_top1", "rank_backbone", "rank_z", "rank_backbone_max", "rank_z_max", "rank_seconds"):
+            if row[key] is None:
+                del row[key]
         return {**{k: v for k, v in row.items() if k != "rss_mb"}, "rss_mb": row["rss_mb"]}
 
     @classmethod
@@ -80,7 +86,21 @@ class MetricsRow(Record):
         """The row of a metrics line, or None when it is not one (numbers where numbers belong)."""
         if not (isinstance(d, dict) and _count(d.get("epoch")) and d["epoch"] >= 1):
             return None
-        numbers = ("loss", "z_std", "z_std_healthy", "lr", "images_per_second", "epoch_seconds", "knn_top1", "rss_mb")
+        numbers = (
+            "loss",
+            "z_std",
+            "z_std_healthy",
+            "lr",
+            "images_per_second",
+            "epoch_seconds",
+            "knn_top1",
+            "rank_backbone",
+            "rank_z",
+            "rank_backbone_max",
+            "rank_z_max",
+            "rank_seconds",
+            "rss_mb",
+        )
         groups = d.get("lr_groups", {})
         if not all(_number(d.get(k)) for k in numbers) or not isinstance(groups, dict):
             return None
@@ -96,8 +116,13 @@ class MetricsRow(Record):
             dict(groups),
             d.get("images_per_second", nan),
             d.get("epoch_seconds", nan),
-            d.get("knn_top1"),
-            d.get("rss_mb"),
+            knn_top1=d.get("knn_top1"),
+            rank_backbone=d.get("rank_backbone"),
+            rank_z=d.get("rank_z"),
+            rank_backbone_max=d.get("rank_backbone_max"),
+            rank_z_max=d.get("rank_z_max"),
+            rank_seconds=d.get("rank_seconds"),
+            rss_mb=d.get("rss_mb"),
         )
 
 
@@ -128,6 +153,10 @@ class Summary(Record):
     run_dir: str
     peak_memory_mb: float | None = None
     peak_memory_of: str | None = None
+    rank_backbone: float | None = None  # effective rank (RankMe) of the features at the end
+    rank_z: float | None = None  # ... and of z
+    rank_backbone_max: int | None = None  # their ceilings min(N, D)
+    rank_z_max: int | None = None
 
     @classmethod
     def from_json(cls, d: Any) -> Summary | None:
@@ -336,3 +365,21 @@ class LinearResult(Evaluation):
                 "num_test": self.num_test_images,
             }
         )
+
+
+@dataclass
+class RankResult(Record):
+    """What `simsiam eval rank` measured (RUN_DIR/eval_rank.json): the effective rank (RankMe) of
+    the backbone's features on a fixed sample of images, no labels needed; `rank_max` = min(N, D)."""
+
+    rank: float
+    rank_max: int
+    num_images: int
+    feature_dim: int
+    source: str = ""
+    dataset: str = ""
+    data_dir: str | None = None
+    path: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"protocol": "rank", **super().to_json()}

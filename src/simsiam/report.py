@@ -33,7 +33,7 @@ from .runtime import resolve_device
 
 DPI = 110
 PLOT_SIZE = (6, 4)  # inches: 660 x 440 px at DPI
-FIGURES = ("loss.png", "z_std.png", "knn.png", "lr.png", "retrieval.png", "embedding.png")
+FIGURES = ("loss.png", "z_std.png", "rank.png", "knn.png", "lr.png", "retrieval.png", "embedding.png")
 SEED = 0  # picks the retrieval queries and the embedded points; fixed so reports are comparable
 MAX_LEGEND = 20  # more classes than this: colours only, a legend would hide the map
 SAME, OTHER, QUERY = "#1a9641", "#d7191c", "#2b83ba"  # green / red / blue frames in the retrieval grid
@@ -88,6 +88,7 @@ def write_report(
 
     add("loss.png", "Training loss", plot_loss(metrics), "no loss in metrics.jsonl")
     add("z_std.png", "z-std", plot_z_std(metrics, cfg), "no z_std in metrics.jsonl")
+    add("rank.png", "Effective rank", plot_rank(metrics), "not measured (--rank-samples 0, or an older run)")
     random_init = (summary or {}).get("knn_top1_random_init")
     add("knn.png", "kNN top-1", plot_knn(metrics, random_init), "not measured yet")
     add("lr.png", "Learning rate", plot_lr(metrics), "no lr in metrics.jsonl")
@@ -217,6 +218,32 @@ def plot_z_std(metrics: list[dict], cfg: Config | None) -> Figure | None:
             )
     ax.set_ylim(0, 1.15 * top)  # from 0: how far from collapse matters more than the wiggles
     ax.legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_rank(metrics: list[dict]) -> Figure | None:
+    """The effective rank (RankMe) of the features and of z per epoch, each under its ceiling
+    min(N, D): near the ceiling = spread over every dimension, 1 = complete collapse."""
+    fig = None
+    for i, (key, name) in enumerate((("rank_backbone", "backbone features"), ("rank_z", "z (projector)"))):
+        epochs, ranks = _series(metrics, key)
+        if not epochs:
+            continue
+        if fig is None:
+            fig = _figure()
+            ax = _curve_axes(fig, "Effective rank (RankMe) on a fixed sample of training images", "effective rank")
+        ax.plot(epochs, ranks, marker=_marker(len(epochs)), color=f"C{i}", label=name)
+        ceiling = next((m[f"{key}_max"] for m in reversed(metrics) if m.get(f"{key}_max")), None)
+        if ceiling:
+            ax.axhline(
+                ceiling, color=f"C{i}", linestyle="--", alpha=0.6, label=f"{name}: ceiling min(N, D) = {ceiling}"
+            )
+    if fig is None:
+        return None
+    ax.set_yscale("log")  # the two ceilings differ by up to 10x; collapse is the way down to 1
+    ax.set_ylim(bottom=0.8)
+    ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -431,6 +458,7 @@ def _markdown(
         f"| kNN top-1 | {_knn_text(h['knn_top1'], h['knn_top1_random_init'], h['knn_epoch'])} |",
         f"| final loss | {h['loss']:.4f} |",
         f"| z-std | {_zstd_text(h['z_std'], h['z_std_healthy'])} |",
+        f"| effective rank | {_rank_text(metrics)} |",
         f"| collapsed | {_yes_no(h['collapsed'])} |",
         "",
     ]
@@ -484,6 +512,19 @@ def _zstd_text(z: float | None, healthy: float | None) -> str:
     if not healthy:
         return f"{z:.4f}"
     return f"{z:.4f} vs 1/sqrt(d) = {healthy:.4f} ({z / healthy:.2f} x)"
+
+
+def _rank_text(metrics: list[dict]) -> str:
+    rows = [m for m in metrics if m.get("rank_backbone") is not None]
+    if not rows:
+        return "not measured"
+    m = rows[-1]
+
+    def value(key: str) -> str:
+        return f"{m[key]:.1f}" + (f" of at most {m[key + '_max']}" if m.get(key + "_max") else "")
+
+    z = f"; z {value('rank_z')}" if m.get("rank_z") is not None else ""
+    return f"features {value('rank_backbone')}{z} (epoch {m['epoch']}; 1 = collapsed)"
 
 
 def _yes_no(flag: bool | None) -> str:
