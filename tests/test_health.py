@@ -111,3 +111,27 @@ def test_the_gram_matrix_path_equals_the_svd(shape):
     s = torch.linalg.svdvals(x)
     p = s / s.sum() + 1e-7
     assert effective_rank(x) == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-7)
+
+
+def test_the_health_study_reads_its_signals_from_the_metrics():
+    """scripts/health_study.py's early-warning epochs and summaries, on a made-up collapsing run."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import health_study as hs
+    finally:
+        sys.path.pop(0)
+    healthy = 0.02
+    rows = [
+        {"epoch": 1, "knn_top1": 0.60, "rank_z": 200.0, "z_std": 0.020, "z_std_healthy": healthy},
+        {"epoch": 2, "knn_top1": 0.55, "rank_z": 15.0, "z_std": 0.015, "z_std_healthy": healthy},
+        {"epoch": 3, "rank_z": 3.0, "z_std": 0.008, "z_std_healthy": healthy},  # kNN not measured
+        {"epoch": 4, "knn_top1": 0.47, "rank_z": 1.0, "z_std": 0.001, "z_std_healthy": healthy},
+    ]
+    assert hs.warning_epochs(rows, chance=0.46) == [4, 2, 3]  # kNN at chance, rank of z, z-std
+    assert hs.warning_epochs(rows[:1], chance=0.46) == [None, None, None]
+    runs = [{"knn": 0.5, "z": None}, {"knn": 0.7, "z": None}]
+    assert hs.mean_sd(runs, "knn", 100) == "60.0 ± 14.1" and hs.mean_sd(runs, "z") == "-"
+    assert len(hs.runs([0, 1])) == 2 * (len(hs.LR_SWEEP) + len(hs.SCENARIOS))
