@@ -3,6 +3,7 @@ a timed rate, and writing one script's section of benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,21 @@ import torch
 from simsiam.runtime import commit, has_amx, machine  # noqa: F401 (the benchmarks import them from here)
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+CACHE = Path(__file__).with_name(".cache")  # git-ignored: the extracted CIFAR-10 folder
+TARBALL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def cifar_folder(tarball: Path = TARBALL) -> Path:
+    """CIFAR-10 as train/ and test/ class folders, extracted once from ../shared's tarball into CACHE."""
+    root = CACHE / "cifar10"
+    if not (root / ".complete").exists():
+        if not tarball.exists():
+            raise SystemExit(f"CIFAR-10 tarball not found at {tarball}; give --data")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tarball) as tar:
+            tar.extractall(CACHE, filter="data")
+        (root / ".complete").write_text("")
+    return root
 
 
 def rate(step: Callable[[], int], seconds: float, warmup: int) -> float:

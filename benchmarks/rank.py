@@ -18,23 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tarfile
 import tempfile
 from pathlib import Path
 
 import torch
-from _common import commit, machine, write_section
+from _common import cifar_folder, commit, machine, write_section
 
-ROOT = Path(__file__).resolve().parents[1]
-TARBALL = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 SIZES = (128, 256, 512, 1024, 2048, 4096)
 DRAWS = 5
-
-
-def cifar_folder(tmp: Path) -> Path:
-    with tarfile.open(TARBALL, "r:gz") as tar:
-        tar.extractall(tmp, filter="data")
-    return tmp / "cifar10"
 
 
 def cost(cfg) -> tuple[dict, list[dict]]:
@@ -94,7 +85,7 @@ def main() -> None:
         digits = from_preset("digits", epochs=epochs, run_dir=f"{tmp}/digits", **quiet)
         runs = {f"digits (the default preset; {epochs} epochs, rank every 5)": digits}
         if not args.skip_cifar:
-            data = args.data or str(cifar_folder(Path(tmp)))
+            data = args.data or str(cifar_folder())
             runs["cifar10-cpu, 1 epoch of 50k images, rank every epoch"] = from_preset(
                 "cifar10-cpu", data_dir=data, epochs=1, run_dir=f"{tmp}/cifar", **quiet
             )

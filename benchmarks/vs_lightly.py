@@ -37,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import sysconfig
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -45,8 +44,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV = HERE / ".venv-lightly"
-CACHE = HERE / ".cache"
-TARBALL = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 LIGHTLY = "lightly==1.6.0"
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # lightly's SimSiamTransform normalisation
 
@@ -70,18 +67,6 @@ def lightly_python() -> Path:
     if check.returncode != 0:
         subprocess.run([str(python), "-m", "pip", "install", "-q", LIGHTLY], check=True)
     return python
-
-
-def cifar_folder(tarball: Path) -> Path:
-    root = CACHE / "cifar10"
-    if not (root / ".complete").exists():
-        if not tarball.exists():
-            raise SystemExit(f"CIFAR-10 tarball not found at {tarball}; give --data")
-        CACHE.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(tarball) as tar:
-            tar.extractall(CACHE, filter="data")
-        (root / ".complete").write_text("")
-    return root
 
 
 # --- workers (each in its own process) ---------------------------------------------------------
@@ -257,7 +242,10 @@ def main() -> None:
 
     if args.lightly_from and not args.no_write:
         raise SystemExit("--lightly-from gives figures that are not lightly's: add --no-write")
-    args.data = args.data or cifar_folder(TARBALL)
+    if not args.data:
+        from _common import cifar_folder
+
+        args.data = cifar_folder()
     if not args.lightly_from:
         lightly_python()
     rates: dict[str, list[float]] = {"ours": [], "lightly": []}
