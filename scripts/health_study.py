@@ -80,13 +80,13 @@ def random_init_ranks(seed: int) -> dict:
 
     from simsiam import build_model, from_preset
     from simsiam.data import load_splits
-    from simsiam.health import embedding_ranks, rank_sample
+    from simsiam.health import embedding_ranks, rank_images
 
     cfg = from_preset("digits", seed=seed)
     torch.manual_seed(seed)
     method = build_model(cfg)
     train_set, _ = load_splits(cfg)
-    sample = train_set.select(rank_sample(len(train_set), cfg.rank_samples))
+    sample = rank_images(train_set, cfg.rank_samples)
     return embedding_ranks(method.backbone, method.projector, sample, cfg.image_size, cfg.mean, cfg.std)
 
 

@@ -31,7 +31,7 @@ from .data.datasets import Images
 from .errors import ConfigError, DataError, Interrupted, SimSiamError, TrainingError, warn
 from .eta import NoTargets, target_provider
 from .evaluate import knn_accuracy
-from .health import embedding_ranks, rank_sample
+from .health import embedding_ranks, rank_images
 from .methods import Method, build_model
 from .monitor import Monitor
 from .optim import build_optimizer, global_step, lr_at, set_lr
@@ -202,14 +202,14 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats, monitor: Monitor) -> Metr
         images_per_second=stats.images_per_second,
         epoch_seconds=stats.epoch_seconds,
     )
-    if cfg.rank_samples and (epoch + 1 == cfg.epochs or (cfg.rank_every and (epoch + 1) % cfg.rank_every == 0)):
+    if cfg.rank_samples and due(epoch, cfg.rank_every, cfg.epochs):
         t0 = time.perf_counter()
         r = ranks(run)
         row.rank_seconds = time.perf_counter() - t0
         row.rank_backbone, row.rank_z = r["rank_backbone"], r.get("rank_z")
         row.rank_backbone_max, row.rank_z_max = r["rank_backbone_max"], r.get("rank_z_max")
         monitor.show_rank(row.rank_backbone, row.rank_z)
-    if run.has_labels and (epoch + 1 == cfg.epochs or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):
+    if run.has_labels and due(epoch, cfg.knn_every, cfg.epochs):
         row.knn_top1 = top1 = knn(run)
         rank = f", effective rank {row.rank_backbone:.1f}" if row.rank_backbone is not None else ""
         log(f"epoch {epoch + 1}: loss {row.loss:.4f}, z-std {row.z_std:.4f}{rank}, kNN top-1 {100 * top1:.2f}%")
@@ -342,12 +342,17 @@ def finish(run: Run, last: MetricsRow | None) -> Summary:
     return summary
 
 
+def due(epoch: int, every: int, epochs: int) -> bool:
+    """Whether a monitor run every `every` epochs (0: only at the end) measures after `epoch` (0-based)."""
+    return epoch + 1 == epochs or bool(every and (epoch + 1) % every == 0)
+
+
 def ranks(run: Run) -> dict:
     """The effective rank (RankMe, `health.py`) of the backbone's features and of z on a fixed sample
     of training images, with their ceilings: no labels, no augmentation, nothing drawn from the
     run's generator, no module left in another mode."""
     cfg = run.cfg
-    sample = run.data.train.select(rank_sample(len(run.data.train), cfg.rank_samples))
+    sample = rank_images(run.data.train, cfg.rank_samples)
     projector = getattr(run.method, "projector", None)  # a method of one's own may have none: features only
     return embedding_ranks(run.method.backbone, projector, sample, cfg.image_size, cfg.mean, cfg.std, cfg.channels_last)
 

@@ -9,6 +9,8 @@ weight exp(sim / T). Everything runs in chunks on the features' device.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -238,19 +240,8 @@ def knn_report(backbone: nn.Module, train, test, size: int, mean, std, k: int = 
     queries = extract_features(backbone, test, size, mean, std)
     labels = test.labels.to(bank.device)
     scores = knn_predict(queries, bank, train.labels.to(bank.device), len(train.classes), k, t)
-    spread = feature_spread(torch.cat([bank, queries]))
-    return KnnResult(
-        protocol="knn",
-        k=k,
-        t=t,
-        num_bank=len(train),
-        num_queries=len(test),
-        per_class=per_class_accuracy(scores.argmax(1), labels, train.classes),
-        feature_spread=spread,
-        collapsed=spread < COLLAPSED_SPREAD,
-        top1=(top := topk_accuracy(scores, labels))["top1"],
-        top5=top.get("top5"),
-    )
+    judged = _judged(scores, labels, train.classes, torch.cat([bank, queries]))
+    return KnnResult(protocol="knn", k=k, t=t, num_bank=len(train), num_queries=len(test), **judged)
 
 
 @torch.no_grad()
@@ -323,16 +314,24 @@ def linear_report(
         scores = head(test_feats)
     if fingerprint(backbone) != before:
         raise TrainingError("the backbone's weights changed during linear evaluation; this is a bug, please report it")
-    test_labels = test.labels.to(device)
-    spread = feature_spread(test_feats)
     return LinearResult(
         protocol="linear-fast" if fast else "linear",
         optimizer=optimizer,
         num_train=len(train),
         num_test_images=len(test),
-        per_class=per_class_accuracy(scores.argmax(1), test_labels, train.classes),
-        feature_spread=spread,
-        collapsed=spread < COLLAPSED_SPREAD,
-        top1=(top := topk_accuracy(scores, test_labels))["top1"],
-        top5=top.get("top5"),
+        **_judged(scores, test.labels.to(device), train.classes, test_feats),
     )
+
+
+def _judged(scores: torch.Tensor, labels: torch.Tensor, classes: list[str], feats: torch.Tensor) -> dict[str, Any]:
+    """What every protocol reports of its class scores: top-1 (top-5), per class, and whether the
+    features it classified have collapsed (then the accuracy is chance: `COLLAPSED_SPREAD`)."""
+    spread = feature_spread(feats)
+    top = topk_accuracy(scores, labels)
+    return {
+        "top1": top["top1"],
+        "top5": top.get("top5"),
+        "per_class": per_class_accuracy(scores.argmax(1), labels, classes),
+        "feature_spread": spread,
+        "collapsed": spread < COLLAPSED_SPREAD,
+    }

@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TypeVar
 
 from . import checkpoint
 from .config import Config
 from .data import labeled_splits, load_splits
 from .errors import ConfigError
 from .evaluate import knn_report, linear_report
-from .health import embedding_ranks, rank_sample
+from .health import embedding_ranks, rank_images
 from .options import KnnOptions, LinearOptions, RankOptions
 from .parallel import is_main
 from .records import Evaluation, RankResult
@@ -79,12 +80,7 @@ def evaluate(
             progress=progress,
         )
         name = "eval_linear_fast" if fast else "eval_linear"
-    path = Path(out) if out else _beside(Path(source), name)
-    res = dataclasses.replace(res, source=str(source), dataset=cfg.dataset, data_dir=cfg.data_dir, path=str(path))
-    if is_main():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_atomic(path, json.dumps(res.to_json(), indent=2) + "\n")
-    return res
+    return _written(res, source, cfg, out, name)
 
 
 def evaluate_rank(
@@ -104,19 +100,22 @@ def evaluate_rank(
     backbone, cfg = load_backbone(source, resolve_device(device))
     cfg = _data_to_evaluate(cfg, data_dir, dataset)
     train_set, _ = load_splits(cfg)
-    sample = train_set.select(rank_sample(len(train_set), samples))
+    sample = rank_images(train_set, samples)
     r = embedding_ranks(backbone, None, sample, cfg.image_size, cfg.mean, cfg.std)
-    path = Path(out) if out else _beside(Path(source), "eval_rank")
     res = RankResult(
-        rank=r["rank_backbone"],
-        rank_max=r["rank_backbone_max"],
-        num_images=len(sample),
-        feature_dim=r["dim_backbone"],
-        source=str(source),
-        dataset=cfg.dataset,
-        data_dir=cfg.data_dir,
-        path=str(path),
+        rank=r["rank_backbone"], rank_max=r["rank_backbone_max"], num_images=len(sample), feature_dim=r["dim_backbone"]
     )
+    return _written(res, source, cfg, out, "eval_rank")
+
+
+_R = TypeVar("_R", Evaluation, RankResult)
+
+
+def _written(res: _R, source: str | Path, cfg: Config, out: str | Path | None, name: str) -> _R:
+    """`res` with where it came from and where it went, written (rank 0) as JSON to `out` or beside
+    the source (RUN_DIR/NAME.json, CKPT.NAME.json)."""
+    path = Path(out) if out else _beside(Path(source), name)
+    res = dataclasses.replace(res, source=str(source), dataset=cfg.dataset, data_dir=cfg.data_dir, path=str(path))
     if is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.write_atomic(path, json.dumps(res.to_json(), indent=2) + "\n")

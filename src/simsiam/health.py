@@ -47,6 +47,11 @@ def rank_sample(num_images: int, n: int) -> torch.Tensor:
     return torch.randperm(num_images, generator=g)[: min(n, num_images)].sort().values
 
 
+def rank_images(images, n: int):
+    """The `n` images of `images` (an ImageSet or a FileSet) the rank is measured on (`rank_sample`)."""
+    return images.select(rank_sample(len(images), n))
+
+
 @torch.no_grad()
 def embedding_ranks(backbone, projector, images, size: int, mean, std, channels_last: bool = False) -> dict:
     """{"rank_backbone", "rank_z"}, their ceilings "rank_backbone_max", "rank_z_max" = min(N, D), and
