@@ -37,6 +37,7 @@ from .records import TrainingState
 from .runtime import hold_lock
 
 CHECKPOINT = "checkpoint.pt"  # the newest, always
+HEALTHY = "checkpoint-healthy.pt"  # --on-collapse recover: the last healthy epoch's (outside the rotation)
 MANIFEST = "checkpoints.json"
 LOCK = ".lock"
 _NUMBERED = re.compile(r"checkpoint-(\d{9,})\.pt")
@@ -324,6 +325,22 @@ def _point_latest(run_dir: Path, path: Path) -> None:
     _link_or_copy(path, tmp)
     os.replace(tmp, run_dir / CHECKPOINT)
     _sync_dir(run_dir)
+
+
+def mark_healthy(run_dir: Path, source: Path | None = None, state: dict | None = None) -> None:
+    """RUN_DIR/checkpoint-healthy.pt becomes `source` (a checkpoint just written: a hard link, one
+    atomic rename) or a new file of `state`; the rotation of numbered checkpoints never deletes it."""
+    target = Path(run_dir) / HEALTHY
+    try:
+        if source is None:
+            save(target, state or {})
+            return
+        tmp = target.with_name(HEALTHY + ".tmp")
+        _link_or_copy(source, tmp)
+        os.replace(tmp, target)
+        _sync_dir(Path(run_dir))
+    except OSError as err:
+        raise TrainingError(cannot_write(target, err)) from None
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

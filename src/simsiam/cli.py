@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import typing
 from pathlib import Path
 
 from .config import DATASETS, DEFAULT_PRESET, PRESETS, Config
 from .configure import follow_the_images, from_preset, resume_config, with_file
-from .errors import ConfigError, Interrupted, SimSiamError
+from .errors import ConfigError, Interrupted, SimSiamError, warn
 from .methods import METHODS
 from .options import (
     CompareOptions,
@@ -216,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_experiment_options(cp, CompareOptions)
 
+    dr = sub.add_parser(
+        "doctor",
+        help="the state of a run, no labels needed: healthy, collapsed (complete, dimensional, of the head), "
+        "not learning or diverged, with the likely causes and the commands to try",
+        description="Read a run directory (finished or still training) and name its state from its effective "
+        "rank, z-std and loss (rules and their measurements: docs/health.md). Exit status 0 when healthy, "
+        "1 when not. Also writes RUN_DIR/doctor.json.",
+    )
+    dr.add_argument("run_dir", metavar="RUN_DIR")
+    dr.add_argument("--json", action="store_true", help="print the verdict as JSON instead of text")
+
     rp = sub.add_parser("report", help="plots and a Markdown summary of a run, in RUN_DIR/report/")
     rp.add_argument("run_dir", metavar="RUN_DIR")
     rp.add_argument("--no-retrieval", action="store_true", help="skip the nearest-neighbour picture")
@@ -386,6 +398,18 @@ def _compare(args) -> None:
     log((Path(args.out) / "comparison.md").read_text() + f"plot: {Path(args.out) / 'knn.png'}")
 
 
+def _doctor(args) -> int:
+    from .doctor import describe, diagnose, write
+
+    verdict = diagnose(args.run_dir)
+    try:
+        write(verdict, args.run_dir)
+    except SimSiamError as e:  # a read-only run directory still gets its verdict
+        warn(str(e))
+    print(json.dumps(verdict.to_json(), indent=2) if args.json else describe(verdict, args.run_dir))
+    return 0 if verdict.healthy else 1
+
+
 def _report(args) -> None:
     from .report import write_report
 
@@ -401,14 +425,14 @@ COMMANDS = {
     "reproduce": _reproduce,
     "compare": _compare,
     "report": _report,
+    "doctor": _doctor,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
-        return 0
+        return COMMANDS[args.command](args) or 0
     except Interrupted as e:  # SIGINT / SIGTERM, after the checkpoint was written
         print(f"simsiam: {e}", file=sys.stderr)
         return e.exit_code
@@ -437,11 +461,14 @@ def _describe(s: Summary) -> str:
             gain = 100 * (s.knn_top1 - s.knn_top1_random_init)
             knn += f" vs random init {100 * s.knn_top1_random_init:.2f}% ({gain:+.2f} points)"
     lines.append(knn)
-    state = "COLLAPSED" if s.collapsed else "no collapse"
+    state = "under the collapse line" if s.collapsed else "no collapse"
     lines.append(f"z-std {s.z_std:.4f} (healthy ~1/sqrt(d) = {s.z_std_healthy:.4f}): {state}")
     if s.rank_backbone is not None and s.rank_z is not None:
         lines.append(
             f"effective rank (no labels needed; 1 = collapsed): features {s.rank_backbone:.1f} of at most "
             f"{s.rank_backbone_max}, z {s.rank_z:.1f} of at most {s.rank_z_max}"
         )
+    if s.health is not None:
+        recovered = f" after {s.recoveries} recover{'y' if s.recoveries == 1 else 'ies'}" if s.recoveries else ""
+        lines.append(f"health: {s.health}{recovered} (`simsiam doctor {s.run_dir}` for the details)")
     return "\n".join(lines)

@@ -178,6 +178,17 @@ class Config:
     collapse_patience: int = _opt(
         3, "warn 'looks collapsed' after this many epochs in a row under the threshold", check=POSITIVE_INT
     )
+    on_collapse: str = _opt(
+        "warn",
+        "when an epoch shows a collapse (the rank of z at most 4; z-std alone without the rank: "
+        "docs/health.md) or the loss goes non-finite: warn (a non-finite loss still stops) | stop | recover "
+        "(go back to the last healthy epoch's checkpoint, one with a z rank of 8 or more, and halve the lr "
+        "for the rest of the run; at most --max-recoveries times, then stop)",
+        check=Choice(("warn", "stop", "recover")),
+    )
+    max_recoveries: int = _opt(
+        4, "with --on-collapse recover: recoveries before the run stops (4 halvings: lr / 16)", check=POSITIVE_INT
+    )
     tensorboard: bool = _opt(False, "also log every scalar to RUN_DIR/tensorboard (needs the tensorboard package)")
     collapse_fraction: float = _opt(
         0.5,

@@ -28,7 +28,8 @@ from .backbones import CUSTOM, RESNETS
 from .config import Config
 from .data import ImageSet, load_splits
 from .data.datasets import Images
-from .errors import ConfigError, DataError, Interrupted, SimSiamError, TrainingError, warn
+from .doctor import safe_to_return_to
+from .errors import ConfigError, DataError, Interrupted, NonFinite, SimSiamError, TrainingError, warn
 from .eta import NoTargets, target_provider
 from .evaluate import knn_accuracy
 from .health import embedding_ranks, rank_images
@@ -92,6 +93,8 @@ class Run:
     knn_random: float | None = None
     metrics: list[MetricsRow] = field(default_factory=list)  # every finished epoch's line
     partial: Partial | None = None  # where a resume enters the middle of an epoch
+    lr_scale: float = 1.0  # --on-collapse recover: halved at each recovery
+    events: list[dict] = field(default_factory=list)  # the recoveries so far
     closing: ExitStack = field(default_factory=ExitStack)  # the run directory's lock
 
     @property
@@ -128,12 +131,26 @@ def fit(cfg: Config, backbone: nn.Module | None = None, feature_dim: int | None 
         run = setup(cfg, backbone=backbone, feature_dim=feature_dim)
         with run.closing, Checkpoints(run) as checkpoints:
             monitor = Monitor(cfg, run.run_dir, run.steps_per_epoch, run.start_epoch, run.z_healthy)
-            last = None
+            last, epoch = None, run.start_epoch
             try:
-                for epoch in range(run.start_epoch, cfg.epochs):
-                    stats = train_one_epoch(run, epoch, monitor, checkpoints)
-                    last = end_epoch(run, epoch, stats, monitor)
+                while epoch < cfg.epochs:
+                    try:
+                        row = measure(run, epoch, train_one_epoch(run, epoch, monitor, checkpoints), monitor)
+                        state = broadcast_object(monitor.collapse(row))  # rank 0's call, on every process
+                        if state and cfg.on_collapse == "recover":
+                            epoch, last = recover(run, monitor, state, row), None
+                            continue
+                        last = end_epoch(run, epoch, row, monitor)
+                        if state and cfg.on_collapse == "stop":
+                            stop_collapsed(run, row, state)
+                    except NonFinite as e:
+                        if cfg.on_collapse != "recover":
+                            add_event(run, {"event": "diverged", "epoch": epoch + 1, "message": str(e)})
+                            raise
+                        epoch, last = recover(run, monitor, "diverged", None, str(e), epoch + 1), None
+                        continue
                     checkpoints.after_epoch(epoch + 1)
+                    epoch += 1
             finally:
                 monitor.close()
             return finish(run, last)
@@ -144,6 +161,10 @@ def train(cfg: Config, backbone: nn.Module | None = None, feature_dim: int | Non
     from .report import write_report
 
     summary = fit(cfg, backbone, feature_dim)
+    if is_main() and summary.health not in (None, "healthy"):
+        from .doctor import describe, diagnose
+
+        log(describe(diagnose(summary.run_dir), summary.run_dir))
     if cfg.report and is_main():
         try:
             log(f"report: {write_report(summary.run_dir, device=summary.device, backbone=backbone)}")
@@ -169,7 +190,8 @@ def train_one_epoch(run: Run, epoch: int, monitor: Monitor, checkpoints: Checkpo
     )
     total = run.steps_per_epoch * cfg.epochs
     for step, images in enumerate(batches, start=first):
-        set_lr(optimizer, *lr_at(cfg, epoch, step, run.steps_per_epoch))
+        lr, fixed_lr = lr_at(cfg, epoch, step, run.steps_per_epoch)
+        set_lr(optimizer, lr * run.lr_scale, fixed_lr * run.lr_scale)
         images = images.to(run.device, non_blocking=True)  # a no-op when the data lives on the device
         targets = run.targets.targets(order, step)  # None unless a Sec. 5.2 experiment gives them
         views = run.plan.draw(images)  # one augmentation pair (two with asym. 2x), + small views
@@ -188,8 +210,8 @@ def train_one_epoch(run: Run, epoch: int, monitor: Monitor, checkpoints: Checkpo
     return monitor.end_epoch()
 
 
-def end_epoch(run: Run, epoch: int, stats: EpochStats, monitor: Monitor) -> MetricsRow:
-    """The epoch's metrics line (kNN when due), then the checkpoint. Returns the line."""
+def measure(run: Run, epoch: int, stats: EpochStats, monitor: Monitor) -> MetricsRow:
+    """The epoch's metrics line: its stats, the effective rank and kNN when due."""
     cfg = run.cfg
     run.train_seconds += stats.epoch_seconds
     row = MetricsRow(
@@ -214,10 +236,103 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats, monitor: Monitor) -> Metr
         rank = f", effective rank {row.rank_backbone:.1f}" if row.rank_backbone is not None else ""
         log(f"epoch {epoch + 1}: loss {row.loss:.4f}, z-std {row.z_std:.4f}{rank}, kNN top-1 {100 * top1:.2f}%")
     row.rss_mb = resident_memory_mb()
+    return row
+
+
+def end_epoch(run: Run, epoch: int, row: MetricsRow, monitor: Monitor) -> MetricsRow:
+    """The epoch's checkpoint, then its line; with --on-collapse recover a healthy epoch's checkpoint
+    becomes the one a recovery goes back to. Returns the line."""
     run.metrics.append(row)
     save_checkpoint(run, epoch + 1, 0)  # first the checkpoint, then its line: a resume never repeats an epoch
     monitor.record(row)
+    safe = safe_to_return_to(row, run.cfg.collapse_fraction, rank_measured=bool(run.cfg.rank_samples))
+    if run.cfg.on_collapse == "recover" and is_main() and safe:
+        checkpoint.mark_healthy(run.run_dir, run.run_dir / checkpoint.numbered(run.global_step(epoch + 1, 0)))
     return row
+
+
+def recover(run: Run, monitor: Monitor, state: str, row: MetricsRow | None, why: str = "", epoch: int = 0) -> int:
+    """--on-collapse recover: back to the last healthy epoch's checkpoint (RUN_DIR/checkpoint-healthy.pt)
+    with every lr halved from there on, recorded as an event (metrics.jsonl, the checkpoints, run.json)
+    and made durable at once (a checkpoint of the recovered state: a kill from here on resumes it).
+    Returns the epoch to train next (0-based). `state` is what the epoch showed (`row`'s), or "diverged"."""
+    cfg = run.cfg
+    epoch = row.epoch if row is not None else epoch
+    done = sum(e["event"] == "recovery" for e in run.events)
+    if done >= cfg.max_recoveries:
+        raise TrainingError(
+            f"{state} at epoch {epoch} after {done} recoveries (--max-recoveries {cfg.max_recoveries}); "
+            f"`simsiam doctor {run.run_dir}` names the likely causes"
+        )
+    path = run.run_dir / checkpoint.HEALTHY
+    if not path.is_file():
+        raise TrainingError(
+            f"{state} at epoch {epoch}, and no healthy checkpoint to go back to ({path} is missing: the run "
+            "started without --on-collapse recover); restart it with --on-collapse recover"
+        )
+    healthy = TrainingState.from_dict(checkpoint.load(path, run.device), path)
+    if row is not None:
+        why = f"z-std {row.z_std:.4f}"
+        why = f"rank of z {row.rank_z:.2f}, {why}" if row.rank_z is not None else why
+    abandoned = [m.to_json() for m in run.metrics if m.epoch > healthy.epoch] + ([row.to_json()] if row else [])
+    event = {
+        "event": "recovery",
+        "epoch": epoch,
+        "state": state,
+        "reason": f"{state} ({why})",
+        "back_to": healthy.epoch,
+        "lr_factor": 0.5,
+        "lr_scale": run.lr_scale * 0.5,
+        "abandoned": abandoned,
+    }
+    seconds, scale, events = run.train_seconds, run.lr_scale * 0.5, [*run.events, event]
+    restore(run, healthy)
+    run.lr_scale, run.events, run.train_seconds = scale, events, seconds
+    save_checkpoint(run, healthy.epoch, 0)
+    if is_main():
+        checkpoint.write_atomic(run.run_dir / "metrics.jsonl", metrics_text(run))
+        add_to_run_json(run.run_dir, "recoveries", {k: v for k, v in event.items() if k != "abandoned"})
+    log(
+        f"recovery {done + 1} of at most {cfg.max_recoveries}: {event['reason']} at epoch {epoch}; back to epoch "
+        f"{healthy.epoch} with the lr x{event['lr_scale']:g} from there on"
+    )
+    monitor.rewind(healthy.epoch)
+    return healthy.epoch
+
+
+def stop_collapsed(run: Run, row: MetricsRow, state: str) -> None:
+    """--on-collapse stop: the epoch's checkpoint is written; the run ends here."""
+    add_event(run, {"event": "stopped", "epoch": row.epoch, "state": state})
+    raise TrainingError(
+        f"{state} at epoch {row.epoch} (--on-collapse stop): stopped with a checkpoint in {run.run_dir}; "
+        f"`simsiam doctor {run.run_dir}` names the likely causes"
+    )
+
+
+def add_event(run: Run, event: dict) -> None:
+    """An event line in metrics.jsonl that no checkpoint holds (the run stopped there)."""
+    if is_main():
+        checkpoint.append_line(run.run_dir / "metrics.jsonl", json.dumps(event))
+
+
+def metrics_text(run: Run) -> str:
+    """metrics.jsonl as the run's state holds it: its epoch lines, each recovery after the epoch it
+    went back to."""
+    lines = [((m.epoch, 0), m.to_json()) for m in run.metrics]
+    lines += [((e["back_to"], 1), e) for e in run.events if e["event"] == "recovery"]
+    return "".join(json.dumps(d) + "\n" for _, d in sorted(lines, key=lambda x: x[0]))
+
+
+def add_to_run_json(run_dir: Path, key: str, entry: dict) -> None:
+    """`entry` appended to the list `key` of run.json."""
+    try:
+        record = json.loads((run_dir / "run.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        record = {}
+    record = record if isinstance(record, dict) else {}
+    before = record.get(key)
+    record[key] = [*(before if isinstance(before, list) else []), entry]
+    checkpoint.write_atomic(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
 
 
 class Checkpoints:
@@ -292,7 +407,7 @@ def ensure_finite(run: Run, epoch: int, step: int, partial: Partial | None = Non
     if mean_over_ranks(finite).item() == 1.0:
         return
     where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-    raise TrainingError(
+    raise NonFinite(
         f"the model is not finite (NaN or inf) at {where}, so no checkpoint was written there; "
         f"{checkpoint.newest(run.run_dir)}; lower --lr (now {run.cfg.lr:g}) or check the data"
     )
@@ -330,6 +445,8 @@ def finish(run: Run, last: MetricsRow | None) -> Summary:
         z_std=last.z_std,
         z_std_healthy=run.z_healthy,
         collapsed=last.z_std < cfg.collapse_fraction * run.z_healthy,
+        health=run_health(run),
+        recoveries=sum(e["event"] == "recovery" for e in run.events),
         device=str(run.device),
         precision="bf16" if run.bf16 else "fp32",
         run_dir=str(run.run_dir),
@@ -340,6 +457,13 @@ def finish(run: Run, last: MetricsRow | None) -> Summary:
         checkpoint.write_atomic(run.run_dir / "summary.json", json.dumps(summary.to_json(), indent=2) + "\n")
     barrier()
     return summary
+
+
+def run_health(run: Run) -> str:
+    """`simsiam doctor`'s state of the run, from its lines (the last judged epoch's)."""
+    from .doctor import judge
+
+    return judge(run.cfg, run.metrics, []).state
 
 
 def due(epoch: int, every: int, epochs: int) -> bool:
@@ -555,6 +679,8 @@ def start(run: Run) -> None:
         run.knn_random = top1 = knn(run)
         log(f"kNN top-1 of the backbone at random init: {100 * top1:.2f}%")
     run.targets.start()
+    if run.cfg.on_collapse == "recover" and is_main():  # a recovery before any healthy epoch goes back to here
+        checkpoint.mark_healthy(run.run_dir, state=training_state(run, 0).to_dict())
 
 
 def training_state(run: Run, epoch: int, step: int = 0, partial: Partial | None = None) -> TrainingState:
@@ -576,12 +702,25 @@ def training_state(run: Run, epoch: int, step: int = 0, partial: Partial | None 
         config=run.cfg.to_dict(),
         memory=run.targets.state_dict(),
         metrics=run.metrics,
+        lr_scale=run.lr_scale,
+        events=run.events,
     )
 
 
 def resume(run: Run, state: TrainingState) -> None:
     """Continue from `state`: the weights, the optimizer, every generator, the Sec. 5.2 targets, the
-    metrics so far (metrics.jsonl is rewritten from them), and the place within an epoch."""
+    metrics so far (metrics.jsonl is rewritten from them), the place within an epoch, and the
+    recoveries so far with their lr factor."""
+    restore(run, state)
+    run.lr_scale, run.events = state.lr_scale, state.events
+    if is_main():  # the lines of the epochs the checkpoint holds, none after them
+        checkpoint.write_atomic(run.run_dir / "metrics.jsonl", metrics_text(run))
+    where = f"epoch {run.start_epoch + 1}, step {state.step}" if state.step else f"epoch {run.start_epoch}"
+    log(f"resumed {run.run_dir} at {where} of {run.cfg.epochs}")
+
+
+def restore(run: Run, state: TrainingState) -> None:
+    """The run as `state` holds it (`resume`, and a recovery going back to a healthy checkpoint)."""
     try:
         run.method.load_state_dict(checkpoint.plain_keys(state.model))
         run.optimizer.load_state_dict(state.optimizer)
@@ -610,11 +749,6 @@ def resume(run: Run, state: TrainingState) -> None:
     metrics = state.metrics or read_metrics(run.run_dir)  # checkpoints before 0.1's metrics entry
     run.metrics = [m for m in metrics if m.epoch <= state.epoch]
     run.partial = state.partial
-    if is_main():  # the lines of the epochs the checkpoint holds, none after them
-        lines = "".join(json.dumps(m.to_json()) + "\n" for m in run.metrics)
-        checkpoint.write_atomic(run.run_dir / "metrics.jsonl", lines)
-    where = f"epoch {run.start_epoch + 1}, step {state.step}" if state.step else f"epoch {run.start_epoch}"
-    log(f"resumed {run.run_dir} at {where} of {run.cfg.epochs}")
 
 
 def check_place(run: Run, state: TrainingState) -> None:

@@ -24,6 +24,10 @@ class TrainingError(SimSiamError):
     """Training cannot go on (non-finite loss, checkpoint that does not match, ...)."""
 
 
+class NonFinite(TrainingError):
+    """The loss or the model went NaN or infinite (a run with --on-collapse recover steps back)."""
+
+
 class ClaimsNotHeld(SimSiamError):
     """`simsiam reproduce --check`: a claim of the paper did not hold by its margin."""
 

@@ -1,6 +1,6 @@
 """What a run shows and records while it trains: the progress bar, each epoch's line in
-RUN_DIR/metrics.jsonl (and TensorBoard with --tensorboard), the stop on a non-finite loss and the
-"looks collapsed" warning.
+RUN_DIR/metrics.jsonl (and TensorBoard with --tensorboard), the stop on a non-finite loss, and the
+collapse an epoch shows (`collapse`: warned about here, acted on by the engine's --on-collapse).
 
 Per step it only adds the loss and z-std to sums kept on the device; it reads them back (a host
 sync) every `log_every` steps and at the end of the epoch.
@@ -18,7 +18,8 @@ import torch
 
 from . import checkpoint
 from .config import Config
-from .errors import ConfigError, DataError, TrainingError
+from .doctor import COLLAPSED_RANK_Z, HEALTHY, epoch_state
+from .errors import ConfigError, DataError, NonFinite
 from .methods.base import StepOutput
 from .optim import global_step
 from .parallel import is_main, mean_over_ranks
@@ -32,6 +33,7 @@ class Monitor:
         self.steps_per_epoch = steps_per_epoch
         self.writer = _tensorboard(run_dir) if cfg.tensorboard and is_main() else None
         self.low_epochs = 0  # consecutive epochs with z-std under the collapse threshold
+        self.warned: str | None = None  # the collapse last warned about (once per stretch)
         self.shown: dict[str, str] = {}  # what the progress line shows after the bar
         self.bar = Bar(
             total=steps_per_epoch * cfg.epochs,
@@ -53,6 +55,12 @@ class Monitor:
             self.loss_sum += partial.loss_sum.to(device)
             self.zstd_sum += partial.zstd_sum.to(device)
         self.bar.set_description(f"epoch {epoch + 1}/{self.cfg.epochs}")
+
+    def rewind(self, epoch: int) -> None:
+        """A recovery went back to the end of `epoch` (0 = the start): the bar and the collapse watch too."""
+        self.bar.n = epoch * self.steps_per_epoch
+        self.bar.refresh()
+        self.low_epochs, self.warned = 0, None
 
     def partial(self) -> dict:
         """The unfinished epoch's sums and time, for a mid-epoch checkpoint (`records.Partial`)."""
@@ -99,19 +107,34 @@ class Monitor:
             self.shown["rank_z"] = f"{rank_z:.1f}"
         self.bar.set_postfix(self.shown, refresh=False)
 
-    def record(self, row: MetricsRow) -> None:
-        """Append the epoch's row to metrics.jsonl (and TensorBoard); warn when it looks collapsed."""
-        if is_main():
-            checkpoint.append_line(self.run_dir / "metrics.jsonl", json.dumps(row.to_json()))
+    def collapse(self, row: MetricsRow) -> str | None:
+        """The collapse this epoch's line shows, to act on (--on-collapse): "complete collapse" or
+        "dimensional collapse" where the rank of z was measured (`doctor.epoch_state`), "diverged"
+        for a NaN rank, or without the rank a "complete collapse" once z-std has been under the line
+        for --collapse-patience epochs in a row. Warns once per stretch, a head collapse (no BN in the
+        heads: the features are fine) included, which is not acted on: stepping back cannot mend it."""
         threshold = self.cfg.collapse_fraction * self.z_healthy
         self.low_epochs = self.low_epochs + 1 if row.z_std < threshold else 0
-        if self.low_epochs == self.cfg.collapse_patience:
+        state = epoch_state(row, self.cfg.collapse_fraction)
+        if row.rank_z is None and state == "complete collapse":
+            state = state if self.low_epochs >= self.cfg.collapse_patience else None
+        if state in (None, HEALTHY):
+            self.warned = None if state == HEALTHY else self.warned
+            return None
+        if state != self.warned:
+            self.warned = state
+            rank = f"rank of z {row.rank_z:.1f} (at most {COLLAPSED_RANK_Z:g}: collapsed), " if row.rank_z else ""
             log(
-                f"warning: looks collapsed: z-std {row.z_std:.4f} has been under {self.cfg.collapse_fraction:g} x "
-                f"1/sqrt(d) = {threshold:.4f} for {self.low_epochs} epochs (loss {row.loss:.3f}). "
-                "Likely causes: no stop-gradient or no predictor (the paper's collapse cases), an lr too high, "
-                "or BN removed from the heads."
+                f"warning: epoch {row.epoch}: {state}: {rank}z-std {row.z_std:.4f} = "
+                f"{row.z_std / self.z_healthy:.2f} x 1/sqrt(d), loss {row.loss:.3f}; "
+                f"`simsiam doctor {self.run_dir}` names the likely causes"
             )
+        return None if state == "head collapse" else state
+
+    def record(self, row: MetricsRow) -> None:
+        """Append the epoch's row to metrics.jsonl (and TensorBoard)."""
+        if is_main():
+            checkpoint.append_line(self.run_dir / "metrics.jsonl", json.dumps(row.to_json()))
         if self.writer is not None:
             for key, value in row.to_json().items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -128,7 +151,7 @@ class Monitor:
     def _finite(self, loss: torch.Tensor, step: int) -> float:
         value = loss.item()
         if not math.isfinite(value):
-            raise TrainingError(
+            raise NonFinite(
                 f"loss is {value} at epoch {self.epoch + 1}, step {step + 1}; lower --lr (now {self.cfg.lr:g}) "
                 f"or check the data; {checkpoint.newest(self.run_dir)}"
             )

@@ -157,6 +157,8 @@ class Summary(Record):
     rank_z: float | None = None  # ... and of z
     rank_backbone_max: int | None = None  # their ceilings min(N, D)
     rank_z_max: int | None = None
+    health: str | None = None  # `simsiam doctor`'s state of the run at its end
+    recoveries: int = 0  # --on-collapse recover: how often the run stepped back
 
     @classmethod
     def from_json(cls, d: Any) -> Summary | None:
@@ -216,6 +218,8 @@ class TrainingState(Record):
     knn_random_init: float | None = None
     memory: Any = None
     metrics: list[MetricsRow] = field(default_factory=list)
+    lr_scale: float = 1.0  # --on-collapse recover: the factor on every lr from here on
+    events: list[dict] = field(default_factory=list)  # recoveries (metrics.jsonl's event lines)
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint's dict (the keys every version of simsiam has written)."""
@@ -233,6 +237,8 @@ class TrainingState(Record):
             "config": self.config,
             "memory": self.memory,
             "metrics": [m.to_json() for m in self.metrics],
+            "lr_scale": self.lr_scale,
+            "events": self.events,
         }
 
     @classmethod
@@ -271,6 +277,11 @@ class TrainingState(Record):
         metrics = [MetricsRow.from_json(m) for m in rows] if isinstance(rows, list) else [None]
         if any(m is None for m in metrics):
             raise bad("metrics is not a list of epoch lines")
+        lr_scale, events = state.get("lr_scale", 1.0), state.get("events") or []
+        if not (_number(lr_scale, optional=False) and math.isfinite(lr_scale) and lr_scale > 0):
+            raise bad(f"lr_scale is {lr_scale!r}, not a number > 0")
+        if not (isinstance(events, list) and all(isinstance(e, dict) and "event" in e for e in events)):
+            raise bad("events is not a list of event records")
         partial = None
         if state.get("step", 0):
             order, sums = state.get("order"), state.get("partial")
@@ -297,6 +308,8 @@ class TrainingState(Record):
             knn_random_init=state.get("knn_random_init"),
             memory=state.get("memory"),
             metrics=[m for m in metrics if m is not None],
+            lr_scale=float(lr_scale),
+            events=events,
         )
 
 

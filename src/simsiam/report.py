@@ -28,7 +28,7 @@ from .configure import load_json
 from .data import labeled_splits
 from .errors import ConfigError, DataError, warn
 from .evaluate import extract_features
-from .runs import load_backbone, read_metrics, read_summary
+from .runs import load_backbone, read_events, read_metrics, read_summary
 from .runtime import resolve_device
 
 DPI = 110
@@ -63,6 +63,7 @@ def write_report(
         raise ConfigError(f"embedding_method {embedding_method!r}: choose tsne or umap")
     run_dir = Path(run_dir)
     metrics = _read_metrics(run_dir)
+    recoveries = [e for e in read_events(run_dir) if e.get("event") == "recovery"]
     found = read_summary(run_dir, warn=warn)
     summary = found.to_json() if found is not None else None  # the page reads the JSON keys
     cfg = load_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
@@ -86,9 +87,14 @@ def write_report(
         _save(fig, out / name)
         figures.append((name, heading, caption))
 
-    add("loss.png", "Training loss", plot_loss(metrics), "no loss in metrics.jsonl")
+    add("loss.png", "Training loss", plot_loss(metrics, recoveries), "no loss in metrics.jsonl")
     add("z_std.png", "z-std", plot_z_std(metrics, cfg), "no z_std in metrics.jsonl")
-    add("rank.png", "Effective rank", plot_rank(metrics), "not measured (--rank-samples 0, or an older run)")
+    add(
+        "rank.png",
+        "Effective rank",
+        plot_rank(metrics, recoveries),
+        "not measured (--rank-samples 0, or an older run)",
+    )
     random_init = (summary or {}).get("knn_top1_random_init")
     add("knn.png", "kNN top-1", plot_knn(metrics, random_init), "not measured yet")
     add("lr.png", "Learning rate", plot_lr(metrics), "no lr in metrics.jsonl")
@@ -116,7 +122,7 @@ def write_report(
                 add("embedding.png", f"Embedding map ({embedding_method})", emb, why)
 
     page = out / "summary.md"
-    checkpoint.write_atomic(page, _markdown(run_dir, metrics, summary, cfg, figures, notes))
+    checkpoint.write_atomic(page, _markdown(run_dir, metrics, summary, cfg, figures, notes, recoveries))
     return page
 
 
@@ -188,13 +194,26 @@ def _marker(n: int) -> str:
     return "o" if n <= 30 else ""  # dots while each epoch is still distinguishable
 
 
-def plot_loss(metrics: list[dict]) -> Figure | None:
+def _mark_recoveries(ax, recoveries: list[dict], key: str) -> None:
+    """--on-collapse recover: the abandoned epochs (grey crosses) and where each recovery went back to."""
+    for i, e in enumerate(recoveries):
+        rows = [m for m in e.get("abandoned", []) if isinstance(m, dict) and m.get(key) is not None]
+        label = "abandoned by a recovery" if i == 0 else None
+        ax.plot([m["epoch"] for m in rows], [m[key] for m in rows], "x", color="grey", label=label)
+        label = "recovery: back to here, lr halved" if i == 0 else None
+        ax.axvline(e.get("back_to", 0), color="C3", linestyle=":", alpha=0.7, label=label)
+
+
+def plot_loss(metrics: list[dict], recoveries: list[dict] | None = None) -> Figure | None:
     epochs, loss = _series(metrics, "loss")
     if not epochs:
         return None
     fig = _figure()
     ax = _curve_axes(fig, "Training loss", "loss (mean over the epoch)")
     ax.plot(epochs, loss, marker=_marker(len(epochs)), color="C0")
+    if recoveries:
+        _mark_recoveries(ax, recoveries, "loss")
+        ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -222,7 +241,7 @@ def plot_z_std(metrics: list[dict], cfg: Config | None) -> Figure | None:
     return fig
 
 
-def plot_rank(metrics: list[dict]) -> Figure | None:
+def plot_rank(metrics: list[dict], recoveries: list[dict] | None = None) -> Figure | None:
     """The effective rank (RankMe) of the features and of z per epoch, each under its ceiling
     min(N, D): near the ceiling = spread over every dimension, 1 = complete collapse."""
     fig = None
@@ -241,6 +260,8 @@ def plot_rank(metrics: list[dict]) -> Figure | None:
             )
     if fig is None:
         return None
+    if recoveries:
+        _mark_recoveries(ax, recoveries, "rank_z")
     ax.set_yscale("log")  # the two ceilings differ by up to 10x; collapse is the way down to 1
     ax.set_ylim(bottom=0.8)
     ax.legend(loc="best", fontsize="small")
@@ -438,6 +459,7 @@ def _markdown(
     cfg: Config | None,
     figures: list[tuple[str, str, str]],
     notes: list[str],
+    recoveries: list[dict] | None = None,
 ) -> str:
     h = _headline(metrics, summary, cfg)
     lines = [f"# Run report: {run_dir.name}", ""]
@@ -460,8 +482,16 @@ def _markdown(
         f"| z-std | {_zstd_text(h['z_std'], h['z_std_healthy'])} |",
         f"| effective rank | {_rank_text(metrics)} |",
         f"| collapsed | {_yes_no(h['collapsed'])} |",
+        f"| health (`simsiam doctor`) | {(summary or {}).get('health') or 'not judged yet'} |",
         "",
     ]
+    if recoveries:
+        lines += ["## Recoveries (--on-collapse recover)", ""]
+        lines += ["| at epoch | what it showed | back to epoch | lr from there |", "|---|---|---|---|"]
+        lines += [
+            f"| {e.get('epoch')} | {e.get('reason')} | {e.get('back_to')} | x{e.get('lr_scale')} |" for e in recoveries
+        ]
+        lines.append("")
     for name, heading, caption in figures:
         lines += [f"## {heading}", "", f"![{Path(name).stem}]({name})", ""] + ([caption, ""] if caption else [])
     if notes:

@@ -142,10 +142,13 @@ def read_metrics(run_dir: str | Path, warn=None) -> list[MetricsRow]:
     lines = text.splitlines()
     for i, line in enumerate(lines):
         try:
-            row = MetricsRow.from_json(json.loads(line))
+            d = json.loads(line)
         except (ValueError, RecursionError):
             bad += i < len(lines) - 1  # a torn last line: the run is writing it right now
             continue
+        if isinstance(d, dict) and "event" in d:  # a recovery or the stop of a run: `read_events`
+            continue
+        row = MetricsRow.from_json(d)
         if row is None:
             bad += 1
         else:
@@ -153,6 +156,24 @@ def read_metrics(run_dir: str | Path, warn=None) -> list[MetricsRow]:
     if bad and warn is not None:
         warn(f"{path}: left out {bad} line(s) that are not epoch records")
     return rows
+
+
+def read_events(run_dir: str | Path) -> list[dict]:
+    """The event lines of RUN_DIR/metrics.jsonl, in order: {"event": "recovery" | "diverged" |
+    "stopped", "epoch": ..., ...} (--on-collapse). Unreadable lines are `read_metrics`'s to report."""
+    try:
+        text = (Path(run_dir) / "metrics.jsonl").read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    events = []
+    for line in text.splitlines():
+        try:
+            d = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(d, dict) and isinstance(d.get("event"), str):
+            events.append(d)
+    return events
 
 
 def read_summary(run_dir: str | Path, warn=None) -> Summary | None:
