@@ -61,10 +61,11 @@ def test_a_runs_state_and_since_when_from_its_trace(zs, ranks, state, since):
 
 
 def test_a_loss_that_does_not_fall_is_not_learning():
-    rows = [row(i + 1, 1.0, 300.0, 40.0, loss=-0.003 - 0.001 * i) for i in range(10)]
-    v = judge(CFG, rows, [])
+    flat = [row(i + 1, 1.0, 300.0, 40.0, loss=-0.003 - 0.001 * i) for i in range(10)]
+    v = judge(CFG, flat, [])
     assert v.state == "not learning" and v.since == 1
     assert "fell by 0.009" in v.evidence[-1]
+    assert judge(CFG, flat[:9], []).state == HEALTHY  # under 10 epochs: too short to tell
     rows = [row(i + 1, 1.0, 300.0, 40.0, loss=-0.003 - 0.03 * i) for i in range(10)]
     assert judge(CFG, rows, []).state == HEALTHY
 
@@ -108,7 +109,7 @@ def test_causes_put_what_the_config_shows_first(tmp_path):
     v = diagnose(tmp_path / "nobn")
     assert v.state == "head collapse" and v.causes[0].command.endswith("--head-bn default")
 
-    slow = [row(i + 1, 1.0, 300.0, 40.0, loss=-0.001 * i) for i in range(6)]
+    slow = [row(i + 1, 1.0, 300.0, 40.0, loss=-0.001 * i) for i in range(12)]
     write_run(tmp_path / "cold", tiny_config(tmp_path / "x", lr=0.003), slow)
     v = diagnose(tmp_path / "cold")
     assert v.state == "not learning" and "0.003x the digits preset's 1" in v.causes[0].why

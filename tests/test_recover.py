@@ -132,8 +132,13 @@ def test_recover_steps_back_from_a_non_finite_loss(tmp_path, capsys, nan_at_epoc
     (event,) = read_events(tmp_path / "r")  # epoch 1's rank was not measured (digits: every 5th): to the start
     assert (event["state"], event["epoch"], event["back_to"], event["lr_scale"]) == ("diverged", 2, 0, 0.5)
     assert [r.epoch for r in read_metrics(tmp_path / "r")] == [1, 2, 3]
-    args = [*ARGS, "--rank-every", "1", "--on-collapse", "recover", "--run-dir", str(tmp_path / "r1")]
-    assert cli(capsys, "train", *args)[0] == 0
-    (event,) = read_events(tmp_path / "r1")  # epoch 1 measured healthy: back to its end
-    assert (event["epoch"], event["back_to"]) == (2, 1)
-    assert [r.epoch for r in read_metrics(tmp_path / "r")] == [1, 2, 3]
+    args = [*ARGS, "--rank-every", "1", "--on-collapse", "recover", "--recover-lr-factor", "0.25"]
+    assert cli(capsys, "train", *args, "--run-dir", str(tmp_path / "r1"))[0] == 0
+    (event,) = read_events(tmp_path / "r1")  # epoch 1 measured healthy (z rank >= 8): back to its end
+    assert (event["epoch"], event["back_to"], event["lr_factor"], event["lr_scale"]) == (2, 1, 0.25, 0.25)
+
+
+@pytest.mark.parametrize("value", ["1", "0", "-0.5", "nan"])
+def test_a_recover_lr_factor_that_does_not_lower_the_lr_is_one_line(value, tmp_path, capsys):
+    code, _, err = cli(capsys, "train", *ARGS, "--recover-lr-factor", value, "--run-dir", str(tmp_path / "r"))
+    assert code == 2 and err.count("\n") == 1 and "--recover-lr-factor" in err

@@ -182,9 +182,14 @@ class Config:
         "warn",
         "when an epoch shows a collapse (the rank of z at most 4; z-std alone without the rank: "
         "docs/health.md) or the loss goes non-finite: warn (a non-finite loss still stops) | stop | recover "
-        "(go back to the last healthy epoch's checkpoint, one with a z rank of 8 or more, and halve the lr "
-        "for the rest of the run; at most --max-recoveries times, then stop)",
+        "(go back to the last healthy epoch's checkpoint, one with a z rank of 8 or more, and multiply the lr by "
+        "--recover-lr-factor for the rest of the run; at most --max-recoveries times, then stop)",
         check=Choice(("warn", "stop", "recover")),
+    )
+    recover_lr_factor: float = _opt(
+        0.5,
+        "with --on-collapse recover: each recovery multiplies every lr by this from there on",
+        check=Range(gt=0, lt=1, name="a factor under 1"),
     )
     max_recoveries: int = _opt(
         4, "with --on-collapse recover: recoveries before the run stops (4 halvings: lr / 16)", check=POSITIVE_INT

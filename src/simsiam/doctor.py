@@ -14,8 +14,8 @@ and their thresholds rest on runs measured in docs/health.md (digits, 3 seeds pe
 - **head collapse**: z-std under the line but the rank of z above COLLAPSED_RANK_Z: no BN in the
   heads (z-std 0.0014, z rank about 10, features rank 38.7 of 128, kNN 58.9% against 46.2% at
   random init). The projector's output collapsed; the backbone's features did not.
-- **not learning**: the loss fell by less than NOT_LEARNING_LOSS from its first epoch to its
-  last. An lr 300x under the preset's (docs/health.md).
+- **not learning**: in a run of at least NOT_LEARNING_EPOCHS epochs, the loss fell by less than
+  NOT_LEARNING_LOSS from its first epoch to its last. An lr 300x under the preset's (docs/health.md).
 - **diverged**: the run stopped on a non-finite loss or model (its "diverged" event), or a rank
   is NaN.
 Without the rank (--rank-samples 0, runs before it) only z-std judges: under the line is called a
@@ -35,7 +35,8 @@ from .records import MetricsRow
 
 COLLAPSED_RANK_Z = 4.0  # a z rank at most this is a collapse (collapsed runs ended <= 3, working ones >= 8)
 WORKING_RANK_Z = 8.0  # ... at least this, a checkpoint a recovery may go back to (between the two: sliding)
-NOT_LEARNING_LOSS = 0.05  # the loss fell less than this over the run (first epoch's mean -> last epoch's)
+NOT_LEARNING_LOSS = 0.05  # the loss fell less than this over the run (first epoch's mean -> last epoch's) ...
+NOT_LEARNING_EPOCHS = 10  # ... of at least this many epochs (at 10: lr 0.1 fell >= 0.129, lr 0.003 <= 0.007)
 LR_HIGH_DROP = 0.15  # healthy, but the z rank fell under this fraction of its highest: lr 3x the preset's
 HEALTHY = "healthy"
 STATES = (HEALTHY, "complete collapse", "dimensional collapse", "head collapse", "not learning", "diverged")
@@ -142,7 +143,7 @@ def judge(cfg: Config, rows: list[MetricsRow], events: list[dict]) -> Verdict:
 
 
 def _not_learning(rows: list[MetricsRow]) -> bool:
-    return len(rows) >= 2 and rows[0].loss - rows[-1].loss < NOT_LEARNING_LOSS
+    return len(rows) >= NOT_LEARNING_EPOCHS and rows[0].loss - rows[-1].loss < NOT_LEARNING_LOSS
 
 
 def _evidence(last: MetricsRow, rows: list[MetricsRow], fraction: float) -> list[str]:
@@ -175,18 +176,25 @@ def _notes(cfg: Config, rows: list[MetricsRow], events: list[dict]) -> list[str]
                 f"recovered at epoch {e.get('epoch')}: {e.get('reason')}; went back to epoch {e.get('back_to')} "
                 f"and multiplied the lr by {e.get('lr_factor')} (now x{e.get('lr_scale')} of --lr)"
             )
-    ranked = [r.rank_z for r in rows if r.rank_z is not None and not math.isnan(r.rank_z)]
-    if ranked:
-        peak, last = max(ranked), ranked[-1]
-        if last > COLLAPSED_RANK_Z and last < LR_HIGH_DROP * peak:
-            notes.append(
-                f"the rank of z fell from {peak:.0f} to {last:.0f} (under {LR_HIGH_DROP:g} of its highest): healthy, "
-                "but runs at an lr about 3x too high do this before they collapse at 10x (docs/health.md); "
-                f"a lower --lr (now {cfg.lr:g}) may do better"
-            )
+    slide = sliding(rows)
+    if slide:
+        notes.append(
+            f"the rank of z fell from {slide[0]:.0f} to {slide[1]:.0f} (under {LR_HIGH_DROP:g} of its highest): "
+            "healthy, but runs at an lr about 3x too high do this before they collapse at 10x (docs/health.md); "
+            f"a lower --lr (now {cfg.lr:g}) may do better"
+        )
     if rows and all(r.rank_z is None for r in rows):
         notes.append("no effective rank in this run (--rank-samples 0 or an older version): judged on z-std alone")
     return notes
+
+
+def sliding(rows: list[MetricsRow]) -> tuple[float, float] | None:
+    """(highest, last) z rank when the last is above the collapse line but under LR_HIGH_DROP of the
+    highest: a healthy run on the edge (every lr-3x run of docs/health.md), else None."""
+    ranked = [r.rank_z for r in rows if r.rank_z is not None and not math.isnan(r.rank_z)]
+    if ranked and COLLAPSED_RANK_Z < ranked[-1] < LR_HIGH_DROP * max(ranked):
+        return max(ranked), ranked[-1]
+    return None
 
 
 def _reference_lr(cfg: Config) -> float:
@@ -237,7 +245,7 @@ def _causes(state: str, cfg: Config, run_dir: Path) -> list[Cause]:
         causes.append(
             Cause(
                 "let the run step back by itself: on a collapse it returns to its last healthy checkpoint "
-                "and halves the lr",
+                "and lowers the lr",
                 command("recover", "--on-collapse recover"),
             )
         )
@@ -267,7 +275,7 @@ def _causes(state: str, cfg: Config, run_dir: Path) -> list[Cause]:
         causes.append(
             Cause(
                 "let the run step back by itself: on a non-finite loss it returns to its last healthy checkpoint "
-                "and halves the lr",
+                "and lowers the lr",
                 command("recover", "--on-collapse recover"),
             )
         )

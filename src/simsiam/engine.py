@@ -93,7 +93,7 @@ class Run:
     knn_random: float | None = None
     metrics: list[MetricsRow] = field(default_factory=list)  # every finished epoch's line
     partial: Partial | None = None  # where a resume enters the middle of an epoch
-    lr_scale: float = 1.0  # --on-collapse recover: halved at each recovery
+    lr_scale: float = 1.0  # --on-collapse recover: x --recover-lr-factor at each recovery
     events: list[dict] = field(default_factory=list)  # the recoveries so far
     closing: ExitStack = field(default_factory=ExitStack)  # the run directory's lock
 
@@ -253,7 +253,7 @@ def end_epoch(run: Run, epoch: int, row: MetricsRow, monitor: Monitor) -> Metric
 
 def recover(run: Run, monitor: Monitor, state: str, row: MetricsRow | None, why: str = "", epoch: int = 0) -> int:
     """--on-collapse recover: back to the last healthy epoch's checkpoint (RUN_DIR/checkpoint-healthy.pt)
-    with every lr halved from there on, recorded as an event (metrics.jsonl, the checkpoints, run.json)
+    with every lr x --recover-lr-factor from there on, recorded as an event (metrics.jsonl, the checkpoints, run.json)
     and made durable at once (a checkpoint of the recovered state: a kill from here on resumes it).
     Returns the epoch to train next (0-based). `state` is what the epoch showed (`row`'s), or "diverged"."""
     cfg = run.cfg
@@ -274,6 +274,7 @@ def recover(run: Run, monitor: Monitor, state: str, row: MetricsRow | None, why:
     if row is not None:
         why = f"z-std {row.z_std:.4f}"
         why = f"rank of z {row.rank_z:.2f}, {why}" if row.rank_z is not None else why
+    scale = run.lr_scale * cfg.recover_lr_factor
     abandoned = [m.to_json() for m in run.metrics if m.epoch > healthy.epoch] + ([row.to_json()] if row else [])
     event = {
         "event": "recovery",
@@ -281,11 +282,11 @@ def recover(run: Run, monitor: Monitor, state: str, row: MetricsRow | None, why:
         "state": state,
         "reason": f"{state} ({why})",
         "back_to": healthy.epoch,
-        "lr_factor": 0.5,
-        "lr_scale": run.lr_scale * 0.5,
+        "lr_factor": cfg.recover_lr_factor,
+        "lr_scale": scale,
         "abandoned": abandoned,
     }
-    seconds, scale, events = run.train_seconds, run.lr_scale * 0.5, [*run.events, event]
+    seconds, events = run.train_seconds, [*run.events, event]
     restore(run, healthy)
     run.lr_scale, run.events, run.train_seconds = scale, events, seconds
     save_checkpoint(run, healthy.epoch, 0)

@@ -200,7 +200,7 @@ def _mark_recoveries(ax, recoveries: list[dict], key: str) -> None:
         rows = [m for m in e.get("abandoned", []) if isinstance(m, dict) and m.get(key) is not None]
         label = "abandoned by a recovery" if i == 0 else None
         ax.plot([m["epoch"] for m in rows], [m[key] for m in rows], "x", color="grey", label=label)
-        label = "recovery: back to here, lr halved" if i == 0 else None
+        label = "recovery: back to here, lr lowered" if i == 0 else None
         ax.axvline(e.get("back_to", 0), color="C3", linestyle=":", alpha=0.7, label=label)
 
 
