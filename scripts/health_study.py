@@ -2,11 +2,18 @@
 
     python scripts/health_study.py --out runs/health-study              # digits: lr sweep + scenarios
     python scripts/health_study.py --out runs/health-study --seeds 0    # one seed (a quick look)
+    python scripts/health_study.py --data cifar-slice --out runs/health-cifar   # a CIFAR-10 slice
 
-Trains the digits preset (25 epochs, kNN and effective rank measured every epoch) over
-- an lr sweep: base lr 0.1, 0.3, 1.0 (the preset's), 3.0, 10.0;
+Trains, with kNN and effective rank measured every epoch,
+- `--data digits`: the digits preset (25 epochs);
+- `--data cifar-slice`: the cifar10-cpu recipe (width 1/4, batch 128, base lr 0.2) for 12 epochs
+  on 5000 CIFAR-10 train images (500 a class; kNN bank) and 1000 test images (100 a class; kNN
+  queries), taken in file order from ../shared's tarball;
+over
+- an lr sweep: 0.1, 0.3, 1 (the preset's), 3 and 10 x the preset's base lr;
 - the scenarios a user can fall into: no stop-gradient, no predictor, augmentation too weak
-  (--crop-scale 0.9 1, no colour jitter, no grey), no BN in the heads, an lr far too high (30);
+  (--crop-scale 0.9 1, no colour jitter, no grey), no BN in the heads, an lr far too high (30 x)
+  and one far too low (0.003 x);
 each over the seeds. Finished runs are reused (one folder each under --out). Then prints, and
 writes to OUT/study.json:
 - Spearman rank correlation of the final effective rank (features, z) and the final z-std with
@@ -24,14 +31,46 @@ import json
 import statistics
 from pathlib import Path
 
-LR_SWEEP = (0.1, 0.3, 1.0, 3.0, 10.0)
+LR_SWEEP = (0.1, 0.3, 1.0, 3.0, 10.0)  # x the preset's base lr (digits: 1.0, so the keys read as the lr)
 SCENARIOS = {
     "no stop-gradient": dict(stop_gradient=False),
     "no predictor": dict(predictor=False),
     "weak augmentation": dict(crop_scale=(0.9, 1.0), jitter_p=0.0, gray_p=0.0),
     "no BN in the heads": dict(head_bn="none"),
     "lr far too high (30)": dict(lr=30.0),
+    "lr far too low (0.003)": dict(lr=0.003),
+    "lr 10, --on-collapse recover": dict(lr=10.0, on_collapse="recover"),
+    "lr 10, --on-collapse recover, lr factor 0.25": dict(lr=10.0, on_collapse="recover", recover_lr_factor=0.25),
+    "lr 10, --on-collapse recover, lr factor 0.1": dict(lr=10.0, on_collapse="recover", recover_lr_factor=0.1),
 }
+SLICE = {"train": 500, "test": 100}  # images a class
+
+
+def data_options(data: str) -> dict:
+    """The preset and overrides of `--data`."""
+    if data == "digits":
+        return dict(preset="digits")
+    return dict(preset="cifar10-cpu", dataset="folder", data_dir=str(cifar_slice()), epochs=12)
+
+
+def cifar_slice() -> Path:
+    """benchmarks/.cache/cifar10-slice: links to the first SLICE[split] files of each class."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _common import CACHE, cifar_folder
+
+    root, full = CACHE / "cifar10-slice", cifar_folder()
+    if not (root / ".complete").exists():
+        for split, n in SLICE.items():
+            for cls in sorted(p for p in (full / split).iterdir() if p.is_dir()):
+                (root / split / cls.name).mkdir(parents=True, exist_ok=True)
+                for f in sorted(cls.iterdir())[:n]:
+                    link = root / split / cls.name / f.name
+                    if not link.exists():
+                        link.symlink_to(f.resolve())
+        (root / ".complete").write_text("")
+    return root
 
 
 def runs(seeds: list[int]) -> dict[str, tuple[str, dict, int]]:
@@ -40,20 +79,25 @@ def runs(seeds: list[int]) -> dict[str, tuple[str, dict, int]]:
         for lr in LR_SWEEP:
             out[f"lr{lr:g}-s{seed}"] = (f"lr {lr:g}", dict(lr=lr), seed)
         for name, overrides in SCENARIOS.items():
-            slug = name.split(" (")[0].replace(" ", "-").replace("/", "")
+            slug = name.split(" (")[0].replace(", --on-collapse ", "-").replace(", lr factor ", "-f")
+            slug = slug.replace(" ", "-").replace("/", "")
             out[f"{slug}-s{seed}"] = (name, overrides, seed)
     return out
 
 
-def train_one(folder: Path, overrides: dict, seed: int) -> list[dict]:
+def train_one(folder: Path, overrides: dict, seed: int, data: str = "digits") -> list[dict]:
     from simsiam import from_preset, train
     from simsiam.errors import TrainingError
 
     metrics = folder / "metrics.jsonl"
     if not (folder / "summary.json").exists() and not (folder / "diverged").exists():
+        options = data_options(data)
+        preset = options.pop("preset")
+        if "lr" in overrides:  # a multiple of the preset's base lr
+            overrides = {**overrides, "lr": overrides["lr"] * from_preset(preset).lr}
         cfg = from_preset(
-            "digits",
-            **overrides,
+            preset,
+            **{**options, **overrides},
             seed=seed,
             knn_every=1,
             rank_every=1,
@@ -65,7 +109,21 @@ def train_one(folder: Path, overrides: dict, seed: int) -> list[dict]:
             train(cfg)
         except TrainingError as e:  # a non-finite loss: the run stops, which is a result too
             (folder / "diverged").write_text(str(e))
-    return [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    return [d for d in lines if "event" not in d]  # the epoch lines: recoveries and stops are events
+
+
+def doctor_state(folder: Path) -> str | None:
+    """`simsiam doctor`'s verdict on a run (None: no run there)."""
+    from simsiam.doctor import diagnose
+
+    return diagnose(folder).state if (folder / "config.json").exists() else None
+
+
+def read_events(folder: Path) -> list[dict]:
+    from simsiam.runs import read_events
+
+    return read_events(folder)
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -74,7 +132,7 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return float(spearmanr(xs, ys).statistic)
 
 
-def random_init_ranks(seed: int) -> dict:
+def random_init_ranks(seed: int, data: str = "digits") -> dict:
     """The effective ranks of the digits preset's model before any training (as the runs measure them)."""
     import torch
 
@@ -82,12 +140,55 @@ def random_init_ranks(seed: int) -> dict:
     from simsiam.data import load_splits
     from simsiam.health import embedding_ranks, rank_images
 
-    cfg = from_preset("digits", seed=seed)
+    options = data_options(data)
+    cfg = from_preset(options.pop("preset"), **options, seed=seed)
     torch.manual_seed(seed)
     method = build_model(cfg)
     train_set, _ = load_splits(cfg)
     sample = rank_images(train_set, cfg.rank_samples)
     return embedding_ranks(method.backbone, method.projector, sample, cfg.image_size, cfg.mean, cfg.std)
+
+
+def doctor_counts(rs: list[dict]) -> str:
+    """The doctor's verdicts on a setting's runs: "healthy x3", "complete collapse x2, ..."."""
+    from collections import Counter
+
+    return ", ".join(f"{state} x{n}" for state, n in Counter(str(r["doctor"]) for r in rs).items())
+
+
+def view_retrieval(folder: Path, data: str, reps: int = 2) -> float | None:
+    """A label-free score to try for `simsiam tune`: two augmented views (the preset's augmentation,
+    fixed seeds) of the rank's 1024 training images through the final backbone (eval mode); the
+    fraction of second views whose nearest first view (cosine) is their own image. Chance: 1/1024."""
+    import torch
+    import torch.nn.functional as F
+
+    from simsiam import from_preset
+    from simsiam.data import load_splits
+    from simsiam.data.augment import Augment
+    from simsiam.errors import DataError
+    from simsiam.health import rank_images
+    from simsiam.runs import load_backbone
+
+    options = data_options(data)
+    ref = from_preset(options.pop("preset"), **options)
+    try:
+        backbone, _ = load_backbone(folder)
+    except DataError:  # a run that stopped before its backbone was written
+        return None
+    images = rank_images(load_splits(ref)[0], 1024).images
+    augment, hits = Augment.from_config(ref), []
+    for rep in range(reps):
+        x1, x2 = augment.two_views(images, torch.Generator().manual_seed(1000 + rep))
+        with torch.no_grad():
+            f1, f2 = (F.normalize(torch.cat([backbone(c) for c in x.split(256)]).float(), dim=1) for x in (x1, x2))
+        hits.append(((f2 @ f1.T).argmax(1) == torch.arange(len(f1))).float().mean().item())
+    return sum(hits) / len(hits)
+
+
+def on_the_lr_axis(group: str) -> bool:
+    """The lr sweep and the lrs far too high and too low (not the recovery runs)."""
+    return group.startswith("lr ") and "recover" not in group
 
 
 def mean_sd(rs: list[dict], key: str, scale: float = 1.0, digits: int = 1) -> str:
@@ -110,9 +211,10 @@ def warning_epochs(rows: list[dict], chance: float) -> list[int | None]:
     return [next((m["epoch"] for m in rows if test(m)), None) for test in tests]
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, title: str) -> None:
     """Final kNN top-1 against the final effective rank of the features and of z, one colour per
     setting, one point per seed."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
@@ -121,9 +223,9 @@ def plot(results: list[dict], path: Path) -> None:
     for ax, key, name in zip(fig.subplots(1, 2), ("rank_backbone", "rank_z"), ("features", "z")):
         for i, group in enumerate(groups):
             rs = [r for r in results if r["group"] == group and r["knn"] is not None and r[key] is not None]
-            marker = "o" if group.startswith("lr ") else "s"
+            marker = "^" if "recover" in group else "o" if group.startswith("lr ") else "s"
             x, y = [r[key] for r in rs], [100 * r["knn"] for r in rs]
-            ax.scatter(x, y, color=f"C{i % 10}", marker=marker, label=group)
+            ax.scatter(x, y, color=colormaps["tab20"](i % 20), marker=marker, label=group)
         chance = [100 * r["knn_random_init"] for r in results if r["knn_random_init"] is not None]
         if chance:
             ax.axhline(statistics.mean(chance), color="grey", linestyle=":", label="random init")
@@ -133,7 +235,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_ylabel("final kNN top-1 (%)")
         ax.grid(alpha=0.3)
     fig.axes[1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle("SimSiam on digits, 25 epochs: kNN against the effective rank (RankMe)")
+    fig.suptitle(f"SimSiam on {title}: kNN against the effective rank (RankMe)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -142,13 +244,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder of the runs (reused) and study.json")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--data", choices=("digits", "cifar-slice"), default="digits")
     ap.add_argument("--plot", help="also a PNG: final kNN against the final effective rank, per setting")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for key, (group, overrides, seed) in runs(args.seeds).items():
-        rows = train_one(out / key, overrides, seed)
+        rows = train_one(out / key, overrides, seed, args.data)
         summary_path = out / key / "summary.json"
         random_init = json.loads(summary_path.read_text())["knn_top1_random_init"] if summary_path.exists() else None
         last = rows[-1] if rows else {}
@@ -164,40 +267,46 @@ def main() -> None:
                 "rank_backbone": last.get("rank_backbone"),
                 "rank_z": last.get("rank_z"),
                 "z_std": last.get("z_std"),
+                "doctor": doctor_state(out / key),
+                "view_retrieval": view_retrieval(out / key, args.data) if rows else None,
+                "recoveries": len([e for e in read_events(out / key) if e["event"] == "recovery"]),
                 "rows": rows,
             }
         )
         found = {k: last.get(k) for k in ("knn_top1", "rank_backbone", "rank_z")}
         print(f"{key:28s} {found}", flush=True)
 
-    init = [random_init_ranks(seed) for seed in args.seeds]
+    init = [random_init_ranks(seed, args.data) for seed in args.seeds]
     print(
         "\nAt random init (the same 1024 images): features "
         f"{mean_sd(init, 'rank_backbone')}, z {mean_sd(init, 'rank_z')} (seeds {args.seeds})"
     )
 
     done = [r for r in results if r["knn"] is not None and r["rank_backbone"] is not None]
-    sweep = [r for r in done if r["group"].startswith("lr ")]
-    lines = ["| runs | n | features rank | z rank | z-std |", "|---|---|---|---|---|"]
+    sweep = [r for r in done if on_the_lr_axis(r["group"])]
+    lines = ["| runs | n | features rank | z rank | z-std | view retrieval |", "|---|---|---|---|---|---|"]
     healthy = [r for r in done if r["knn_random_init"] is not None and r["knn"] > r["knn_random_init"] + 0.02]
-    healthy_sweep = [r for r in healthy if r["group"].startswith("lr ")]
+    healthy_sweep = [r for r in healthy if on_the_lr_axis(r["group"])]
     groups = (("all", done), ("lr sweep", sweep), ("above chance", healthy), ("lr sweep, above chance", healthy_sweep))
     for name, rs in groups:
-        knn = [r["knn"] for r in rs]
-        cells = [f"{spearman([r[k] for r in rs], knn):+.2f}" for k in ("rank_backbone", "rank_z", "z_std")]
+        keys = ("rank_backbone", "rank_z", "z_std", "view_retrieval")
+        cells = [f"{spearman(*zip(*[(r[k], r['knn']) for r in rs if r[k] is not None])):+.2f}" for k in keys]
         lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
     print("\nSpearman correlation with the final kNN top-1:\n" + "\n".join(lines))
 
     table = [
-        "| runs | seeds | kNN top-1 | features rank | z rank | z-std | diverged |",
-        "|---|---|---|---|---|---|---|",
+        "| runs | seeds | kNN top-1 | features rank | z rank | z-std | view retrieval (%) | stopped | recoveries "
+        "| doctor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group in dict.fromkeys(r["group"] for r in results):
         rs = [r for r in results if r["group"] == group]
         ok = [r for r in rs if r["knn"] is not None]
         table.append(
             f"| {group} | {len(rs)} | {mean_sd(ok, 'knn', 100)} | {mean_sd(ok, 'rank_backbone')} | "
-            f"{mean_sd(ok, 'rank_z')} | {mean_sd(ok, 'z_std', 1, 4)} | {sum(r['diverged'] for r in rs)} |"
+            f"{mean_sd(ok, 'rank_z')} | {mean_sd(ok, 'z_std', 1, 4)} | {mean_sd(ok, 'view_retrieval', 100)} | "
+            f"{sum(r['diverged'] for r in rs)} | "
+            f"{' '.join(str(r['recoveries']) for r in rs)} | {doctor_counts(rs)} |"
         )
     print("\nPer setting (mean ± sd over seeds, final epoch):\n" + "\n".join(table))
 
@@ -207,11 +316,13 @@ def main() -> None:
     ]
     for r in results:
         rows, chance = r["rows"], r["knn_random_init"]
-        if rows and r["knn"] is not None and chance is not None and r["knn"] <= chance + 0.02:
+        recovered = "recover" in r["group"]  # its lines were rewritten by the recoveries: no single trajectory
+        if rows and not recovered and r["knn"] is not None and chance is not None and r["knn"] <= chance + 0.02:
             warn.append(f"| {r['key']} | " + " | ".join(str(e) for e in warning_epochs(rows, chance)) + " |")
     print("\nRuns that end at or under random-init kNN + 2 points: first epoch of each signal:\n" + "\n".join(warn))
     if args.plot:
-        plot(results, Path(args.plot))
+        title = "digits, 25 epochs" if args.data == "digits" else "a CIFAR-10 slice (5000 images), 12 epochs"
+        plot(results, Path(args.plot), title)
     for r in results:
         del r["rows"]
     (out / "study.json").write_text(json.dumps({"runs": results}, indent=2) + "\n")
