@@ -27,6 +27,7 @@ from .options import (
     Options,
     RankOptions,
     ReproduceOptions,
+    TuneOptions,
 )
 from .records import Summary
 from .runtime import log, resolve_device
@@ -104,7 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
         "CVPR 2021): train, evaluate, export, embed, report. See README.md.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    presets = "; ".join(f"{name}" for name in PRESETS)
     tr = sub.add_parser(
         "train",
         help="self-supervised pretraining",
@@ -113,18 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "A preset sets the starting values; every option below overrides it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    tr.add_argument(
-        "--preset",
-        default=argparse.SUPPRESS,
-        help=f"starting values: {presets} (default {DEFAULT_PRESET}, or folder when --data-dir is given; "
-        "cifar10 and imagenet are the paper's recipes, cifar10-cpu a CPU-scale variant)",
-    )
-    tr.add_argument(
-        "--config",
-        metavar="FILE.json",
-        default=argparse.SUPPRESS,
-        help="start from a saved config (e.g. RUN_DIR/config.json) instead of a preset",
-    )
+    _add_run_options(tr)
     tr.add_argument(
         "--resume",
         action="store_true",
@@ -134,6 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_options(tr, Config, hidden=_HIDDEN, preset_defaults=True)
     _add_method_options(tr)
+
+    tu = sub.add_parser(
+        "tune",
+        help="choose the lr and weight decay for your data without labels (successive halving)",
+        description="Label-free choice of the lr and weight decay: short runs of every candidate, the best "
+        "1/eta trained eta times longer, and so on within --budget-minutes. A run the doctor does not call "
+        "healthy, or whose effective rank of z slides towards collapse, is ruled out; the rest are ranked by "
+        "view retrieval (docs/health.md). Writes OUT/best.json for `simsiam train --config OUT/best.json`. "
+        "The options of `simsiam train` set the run being tuned.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_run_options(tu)
+    _add_options(tu, TuneOptions)
+    _add_options(tu, Config, hidden=_HIDDEN | {"run_dir"}, preset_defaults=True)
+    _add_method_options(tu)
 
     ev = sub.add_parser("eval", help="evaluate a trained backbone (kNN, linear probe, or effective rank)")
     ev_sub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
@@ -235,6 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """--preset and --config: where a run's options start (train, tune)."""
+    presets = "; ".join(f"{name}" for name in PRESETS)
+    p.add_argument(
+        "--preset",
+        default=argparse.SUPPRESS,
+        help=f"starting values: {presets} (default {DEFAULT_PRESET}, or folder when --data-dir is given; "
+        "cifar10 and imagenet are the paper's recipes, cifar10-cpu a CPU-scale variant)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE.json",
+        default=argparse.SUPPRESS,
+        help="start from a saved config (e.g. RUN_DIR/config.json) instead of a preset",
+    )
+
+
 def _add_experiment_options(p: argparse.ArgumentParser, options: type[ExperimentOptions]) -> None:
     _add_options(p, options)
     p.add_argument(
@@ -301,6 +322,36 @@ def _train(args) -> None:
     from .engine import train
 
     log(_describe(train(config_from_args(args))))
+
+
+def _tune(args) -> int:
+    from .tune import tune
+
+    options = TuneOptions.from_args(args)
+    run_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in dataclasses.asdict(options)})
+    base = config_from_args(run_args)
+    best, trials, path = tune(
+        base,
+        options.out,
+        list(options.lr_factors),
+        list(options.wd_factors),
+        options.budget_minutes,
+        options.first_epochs,
+        options.eta,
+        log=log,
+    )
+    lines = ["| rung | lr | weight decay | epochs | doctor | view retrieval | |", "|---|---|---|---|---|---|---|"]
+    for t in trials:
+        score = f"{100 * t.score:.2f}%" if t.score is not None else f"ruled out: {t.why_out}"
+        mark = "**pick**" if t is best else ""
+        lr, wd = base.lr * t.lr_factor, base.weight_decay * t.wd_factor
+        lines.append(f"| {t.rung + 1} | {lr:g} | {wd:g} | {t.epochs} | {t.state} | {score} | {mark} |")
+    log("\n".join(lines))
+    log(
+        f"pick: lr {base.lr * best.lr_factor:g}, weight decay {base.weight_decay * best.wd_factor:g}; "
+        f"train it with `simsiam train --config {path} --run-dir RUN_DIR`"
+    )
+    return 0
 
 
 def _eval(args) -> None:
@@ -426,6 +477,7 @@ COMMANDS = {
     "compare": _compare,
     "report": _report,
     "doctor": _doctor,
+    "tune": _tune,
 }
 
 

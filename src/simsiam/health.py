@@ -19,6 +19,7 @@ import torch
 from .evaluate import extract_features
 
 RANK_SEED = 20230723  # the sample never depends on --seed and draws nothing from the run's generator
+VIEW_SEED = 1000  # the views of `view_retrieval`: the same for every run it compares
 EPS = 1e-7  # RankMe's epsilon
 
 
@@ -67,3 +68,25 @@ def embedding_ranks(backbone, projector, images, size: int, mean, std, channels_
         projector.train(was_training)
         out.update(rank_z=effective_rank(z), rank_z_max=min(z.shape), dim_z=z.shape[1])
     return out
+
+
+@torch.no_grad()
+def view_retrieval(backbone, images: torch.Tensor, augment, reps: int = 2) -> float:
+    """A label-free score of a backbone: two augmented views (`augment`, a data.augment.Augment, with
+    fixed seeds) of each of `images` (uint8, N x 3 x H x W), and the fraction of second views whose
+    nearest first view (cosine of the features, eval mode) is their own image; chance is 1/N. Only
+    runs scored under the same `augment` compare (docs/health.md: it ranks the lr, not the
+    augmentation)."""
+    was_training = backbone.training
+    backbone.eval()
+    hits = []
+    for rep in range(reps):
+        g = torch.Generator(device=images.device).manual_seed(VIEW_SEED + rep)
+        x1, x2 = augment.two_views(images, g)
+        f1, f2 = (
+            torch.nn.functional.normalize(torch.cat([backbone(c) for c in x.split(256)]).float(), dim=1)
+            for x in (x1, x2)
+        )
+        hits.append(((f2 @ f1.T).argmax(1) == torch.arange(len(f1), device=f1.device)).float().mean().item())
+    backbone.train(was_training)
+    return sum(hits) / len(hits)

@@ -338,6 +338,36 @@ class EmbedOptions(DeviceOptions):
     batch_size: int = opt(256, "images per forward pass", check=POSITIVE_INT)
 
 
+@dataclass(frozen=True)
+class Grid(Constraint):
+    """One or more distinct positive finite numbers: the points of a search grid."""
+
+    def message(self, flag: str, value) -> str | None:
+        ok = isinstance(value, (list, tuple)) and len(value) > 0
+        ok = ok and all(_is_number(x) and _finite(x) and x > 0 for x in value) and len(set(value)) == len(value)
+        return None if ok else f"{flag} must be one or more distinct positive numbers, got {_show(value)}"
+
+    @property
+    def hint(self) -> str:
+        return "> 0, distinct"
+
+
+@dataclass
+class TuneOptions(Options):
+    """`simsiam tune` (the run's own options are `simsiam train`'s)."""
+
+    lr_factors: tuple[float, ...] = opt(
+        (0.3, 1.0, 3.0), "multiples of the config's --lr to try", check=Grid(), nargs="+"
+    )
+    wd_factors: tuple[float, ...] = opt(
+        (0.2, 1.0, 5.0), "multiples of the config's --weight-decay to try", check=Grid(), nargs="+"
+    )
+    budget_minutes: float = opt(60.0, "wall-clock budget of the whole search", check=POSITIVE)
+    first_epochs: int = opt(0, "epochs of the first rung (0: --epochs / eta^2, at least 1)", check=COUNT)
+    eta: int = opt(3, "each rung keeps the best 1/eta and trains them eta times longer", check=Int(ge=2))
+    out: str = opt("runs/tune", "folder of the trials, tune.json and best.json")
+
+
 @dataclass
 class ExperimentOptions(DeviceOptions):
     """What every run of `simsiam reproduce` or `simsiam compare` gets."""
