@@ -191,18 +191,17 @@ def doctor_counts(rs: list[dict]) -> str:
     return ", ".join(f"{state} x{n}" for state, n in Counter(str(r["doctor"]) for r in rs).items())
 
 
-def view_retrieval(folder: Path, data: str, reps: int = 2) -> float | None:
-    """A label-free score to try for `simsiam tune`: two augmented views (the preset's augmentation,
-    fixed seeds) of the rank's 1024 training images through the final backbone (eval mode); the
-    fraction of second views whose nearest first view (cosine) is their own image. Chance: 1/1024."""
+def view_retrieval(folder: Path, data: str) -> float | None:
+    """`health.view_retrieval` of a run's final backbone on the rank's 1024 training images, under the
+    preset's augmentation (the candidate score of `simsiam tune`); None without a backbone."""
     import torch
-    import torch.nn.functional as F
 
     from simsiam import from_preset
     from simsiam.data import load_splits
     from simsiam.data.augment import Augment
     from simsiam.errors import DataError
     from simsiam.health import rank_images
+    from simsiam.health import view_retrieval as score
     from simsiam.runs import load_backbone
 
     options = data_options(data)
@@ -211,14 +210,8 @@ def view_retrieval(folder: Path, data: str, reps: int = 2) -> float | None:
         backbone, _ = load_backbone(folder)
     except DataError:  # a run that stopped before its backbone was written
         return None
-    images = rank_images(load_splits(ref)[0], 1024).images
-    augment, hits = Augment.from_config(ref), []
-    for rep in range(reps):
-        x1, x2 = augment.two_views(images, torch.Generator().manual_seed(1000 + rep))
-        with torch.no_grad():
-            f1, f2 = (F.normalize(torch.cat([backbone(c) for c in x.split(256)]).float(), dim=1) for x in (x1, x2))
-        hits.append(((f2 @ f1.T).argmax(1) == torch.arange(len(f1))).float().mean().item())
-    return sum(hits) / len(hits)
+    sample = rank_images(load_splits(ref)[0], 1024)
+    return score(backbone, sample.take(torch.arange(len(sample))), Augment.from_config(ref))
 
 
 def on_the_lr_axis(group: str) -> bool:
