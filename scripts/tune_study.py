@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from simsiam import from_preset
-    from simsiam.tune import tune
+    from simsiam.experiments.tune import tune
 
     out, study = Path(args.out), Path(args.study)
     options = data_options(args.data)

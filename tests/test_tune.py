@@ -7,7 +7,7 @@ import pytest
 
 from simsiam.cli import main
 from simsiam.errors import ConfigError, TrainingError
-from simsiam.tune import Trial, halving
+from simsiam.experiments.tune import Trial, halving
 
 from conftest import TINY
 

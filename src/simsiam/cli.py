@@ -325,7 +325,7 @@ def _train(args) -> None:
 
 
 def _tune(args) -> int:
-    from .tune import tune
+    from .experiments.tune import tune
 
     options = TuneOptions.from_args(args)
     run_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in dataclasses.asdict(options)})

@@ -136,6 +136,13 @@ def run_variants(
     return rows
 
 
+def fit(cfg: Config) -> Summary:
+    """`simsiam.engine.fit` (the experiments' one door to the engine): a run, no report."""
+    from ..engine import fit as engine_fit
+
+    return engine_fit(cfg)
+
+
 def train_in_subprocess(cfg: Config) -> Summary:
     """`simsiam train` in a child process: the child's peak memory is this run's alone."""
     run_dir = Path(cfg.run_dir or "")
@@ -165,7 +172,13 @@ def config_key(cfg: Config) -> str:
 
 # Modules that only build configurations (keyed in full by config_key) or render tables: a change
 # to a table or a claim's check does not retrain finished runs.
-NOT_TRAINING = {"experiments/reproduce.py", "experiments/compare.py", "experiments/tables.py", "experiments/plots.py"}
+NOT_TRAINING = {
+    "experiments/reproduce.py",
+    "experiments/compare.py",
+    "experiments/tables.py",
+    "experiments/plots.py",
+    "experiments/tune.py",
+}
 
 
 def code_fingerprint() -> str:

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import Config
-from .errors import ConfigError, TrainingError
+from ..config import Config
+from ..errors import ConfigError, TrainingError
 
 
 @dataclass
@@ -130,7 +130,7 @@ def tune(
 
     best, trials = halving(candidates, run, first, base.epochs, eta, budget_minutes * 60, log=log)
     picked = base.replace(lr=base.lr * best.lr_factor, weight_decay=base.weight_decay * best.wd_factor, run_dir=None)
-    from .checkpoint import write_atomic
+    from ..checkpoint import write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "best.json"
@@ -144,13 +144,13 @@ def judge_trial(base: Config, out: Path, lr_f: float, wd_f: float, epochs: int, 
     """Train one candidate for `epochs` (no labels read) and judge it (the module's docstring)."""
     import torch
 
-    from .data import load_splits
-    from .data.augment import Augment
-    from .doctor import HEALTHY, judge, sliding
-    from .engine import fit
-    from .health import rank_images, view_retrieval
-    from .runs import load_backbone, read_events, read_metrics
-    from .runtime import resolve_device
+    from ..data import load_splits
+    from ..data.augment import Augment
+    from ..doctor import HEALTHY, judge, sliding
+    from ..health import rank_images, view_retrieval
+    from ..runs import load_backbone, read_events, read_metrics
+    from ..runtime import resolve_device
+    from .runner import fit
 
     run_dir = out / "trials" / f"rung{rung + 1}-lr{lr_f:g}-wd{wd_f:g}"
     cfg = base.replace(
