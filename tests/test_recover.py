@@ -142,3 +142,17 @@ def test_recover_steps_back_from_a_non_finite_loss(tmp_path, capsys, nan_at_epoc
 def test_a_recover_lr_factor_that_does_not_lower_the_lr_is_one_line(value, tmp_path, capsys):
     code, _, err = cli(capsys, "train", *ARGS, "--recover-lr-factor", value, "--run-dir", str(tmp_path / "r"))
     assert code == 2 and err.count("\n") == 1 and "--recover-lr-factor" in err
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [("lr_scale", -0.5, "lr_scale is -0.5"), ("lr_scale", float("nan"), "lr_scale is nan"), ("events", [1], "events")],
+)
+def test_a_checkpoint_with_a_bad_recovery_state_is_refused(recovered, key, value, message):
+    from simsiam.errors import DataError
+    from simsiam.records import TrainingState
+
+    state = torch.load(recovered / "checkpoint.pt", weights_only=True)
+    assert TrainingState.from_dict(state, "x").lr_scale == state["lr_scale"]
+    with pytest.raises(DataError, match=message):
+        TrainingState.from_dict({**state, key: value}, "x")
