@@ -146,7 +146,8 @@ def test_a_config_json_of_the_flat_config_still_loads_and_resumes(method, tmp_pa
         "rank_every": 1,
         "rank_samples": 1024,
         "on_collapse": "warn",
-        "max_recoveries": 3,
+        "recover_lr_factor": 0.5,
+        "max_recoveries": 4,
     }  # options added since, at their defaults (unsaved: the preset's not)
     assert cfg.to_dict() == {
         **{k: v if not isinstance(v, list) else tuple(v) for k, v in saved.items() if k in mine or k in Config.names()},
