@@ -194,13 +194,9 @@ def doctor_counts(rs: list[dict]) -> str:
 def view_retrieval(folder: Path, data: str) -> float | None:
     """`health.view_retrieval` of a run's final backbone on the rank's 1024 training images, under the
     preset's augmentation (the candidate score of `simsiam tune`); None without a backbone."""
-    import torch
-
     from simsiam import from_preset
-    from simsiam.data import load_splits
-    from simsiam.data.augment import Augment
     from simsiam.errors import DataError
-    from simsiam.health import rank_images
+    from simsiam.experiments.tune import scoring_set
     from simsiam.health import view_retrieval as score
     from simsiam.runs import load_backbone
 
@@ -210,8 +206,7 @@ def view_retrieval(folder: Path, data: str) -> float | None:
         backbone, _ = load_backbone(folder)
     except DataError:  # a run that stopped before its backbone was written
         return None
-    sample = rank_images(load_splits(ref)[0], 1024)
-    return score(backbone, sample.take(torch.arange(len(sample))), Augment.from_config(ref))
+    return score(backbone, *scoring_set(ref))
 
 
 def on_the_lr_axis(group: str) -> bool:

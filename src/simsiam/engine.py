@@ -114,6 +114,10 @@ class Run:
     def z_healthy(self) -> float:
         return 1 / math.sqrt(self.method.dim)
 
+    @property
+    def recoveries(self) -> int:
+        return sum(e["event"] == "recovery" for e in self.events)
+
     def global_step(self, epoch: int, step: int) -> int:
         """Steps done once `step` steps of epoch `epoch` (0-based) are done."""
         return global_step(epoch, step, self.steps_per_epoch)
@@ -258,7 +262,7 @@ def recover(run: Run, monitor: Monitor, state: str, row: MetricsRow | None, why:
     Returns the epoch to train next (0-based). `state` is what the epoch showed (`row`'s), or "diverged"."""
     cfg = run.cfg
     epoch = row.epoch if row is not None else epoch
-    done = sum(e["event"] == "recovery" for e in run.events)
+    done = run.recoveries
     if done >= cfg.max_recoveries:
         raise TrainingError(
             f"{state} at epoch {epoch} after {done} recoveries (--max-recoveries {cfg.max_recoveries}); "
@@ -326,11 +330,7 @@ def metrics_text(run: Run) -> str:
 
 def add_to_run_json(run_dir: Path, key: str, entry: dict) -> None:
     """`entry` appended to the list `key` of run.json."""
-    try:
-        record = json.loads((run_dir / "run.json").read_bytes())
-    except (OSError, ValueError, RecursionError):
-        record = {}
-    record = record if isinstance(record, dict) else {}
+    record = read_run_json(run_dir)
     before = record.get(key)
     record[key] = [*(before if isinstance(before, list) else []), entry]
     checkpoint.write_atomic(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
@@ -447,7 +447,7 @@ def finish(run: Run, last: MetricsRow | None) -> Summary:
         z_std_healthy=run.z_healthy,
         collapsed=last.z_std < cfg.collapse_fraction * run.z_healthy,
         health=run_health(run),
-        recoveries=sum(e["event"] == "recovery" for e in run.events),
+        recoveries=run.recoveries,
         device=str(run.device),
         precision="bf16" if run.bf16 else "fp32",
         run_dir=str(run.run_dir),
@@ -635,14 +635,20 @@ def describe(run: Run) -> str:
 def run_record(run_dir: Path, device: torch.device, bf16: bool) -> dict:
     """run.json: what started the run; a resume adds its own record under "resumed" and keeps the first."""
     now = run_metadata(device, bf16)
-    try:
-        first = json.loads((run_dir / "run.json").read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return now
-    if not isinstance(first, dict):
+    first = read_run_json(run_dir)
+    if not first:
         return now
     resumed: list = first["resumed"] if isinstance(first.get("resumed"), list) else []
     return {**first, "resumed": [*resumed, now]}
+
+
+def read_run_json(run_dir: Path) -> dict:
+    """RUN_DIR/run.json's object, or {} when it is missing or not one."""
+    try:
+        record = json.loads((run_dir / "run.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def default_run_dir(cfg: Config) -> str:

@@ -123,7 +123,7 @@ class Monitor:
             return None
         if state != self.warned:
             self.warned = state
-            rank = f"rank of z {row.rank_z:.1f} (at most {COLLAPSED_RANK_Z:g}: collapsed), " if row.rank_z else ""
+            rank = "" if row.rank_z is None else f"rank of z {row.rank_z:.1f} (<= {COLLAPSED_RANK_Z:g}: collapsed), "
             log(
                 f"warning: epoch {row.epoch}: {state}: {rank}z-std {row.z_std:.4f} = "
                 f"{row.z_std / self.z_healthy:.2f} x 1/sqrt(d), loss {row.loss:.3f}; "

@@ -122,8 +122,10 @@ def tune(
         f"eta {eta}, budget {budget_minutes:g} min -> {out}"
     )
 
+    scoring = scoring_set(base)  # the same images and augmentation for every trial
+
     def run(lr_f: float, wd_f: float, epochs: int, rung: int) -> Trial:
-        trial = judge_trial(base, out, lr_f, wd_f, epochs, rung)
+        trial = judge_trial(base, out, lr_f, wd_f, epochs, rung, scoring)
         shown = f"view retrieval {100 * trial.score:.2f}%" if trial.score is not None else f"ruled out: {trial.why_out}"
         log(f"rung {rung + 1}: lr x{lr_f:g}, wd x{wd_f:g}, {epochs} epochs: {trial.state}, {shown}")
         return trial
@@ -140,14 +142,26 @@ def tune(
     return best, trials, path
 
 
-def judge_trial(base: Config, out: Path, lr_f: float, wd_f: float, epochs: int, rung: int) -> Trial:
-    """Train one candidate for `epochs` (no labels read) and judge it (the module's docstring)."""
+def scoring_set(cfg: Config) -> tuple:
+    """(the uint8 images, the Augment) view retrieval scores a backbone of `cfg`'s data on: the
+    effective rank's 1024-image sample of the training images, `cfg`'s own augmentation."""
     import torch
 
     from ..data import load_splits
     from ..data.augment import Augment
+    from ..health import rank_images
+
+    sample = rank_images(load_splits(cfg)[0], cfg.rank_samples or 1024)
+    return sample.take(torch.arange(len(sample))), Augment.from_config(cfg)
+
+
+def judge_trial(
+    base: Config, out: Path, lr_f: float, wd_f: float, epochs: int, rung: int, scoring: tuple | None = None
+) -> Trial:
+    """Train one candidate for `epochs` (no labels read) and judge it (the module's docstring);
+    `scoring`: `scoring_set(base)`, made here when not given."""
     from ..doctor import HEALTHY, judge, sliding
-    from ..health import rank_images, view_retrieval
+    from ..health import view_retrieval
     from ..runs import load_backbone, read_events, read_metrics
     from ..runtime import resolve_device
     from .runner import fit
@@ -186,8 +200,6 @@ def judge_trial(base: Config, out: Path, lr_f: float, wd_f: float, epochs: int, 
         trial.why_out = f"z rank slid from {slide[0]:.0f} to {slide[1]:.0f} (on the edge of a collapse)"
         return trial
     backbone, _ = load_backbone(run_dir, device=resolve_device(cfg.device))
-    device = next(backbone.parameters()).device
-    sample = rank_images(load_splits(cfg)[0], cfg.rank_samples)
-    images = sample.take(torch.arange(len(sample))).to(device)
-    trial.score = view_retrieval(backbone, images, Augment.from_config(cfg))
+    images, augment = scoring or scoring_set(base)
+    trial.score = view_retrieval(backbone, images.to(next(backbone.parameters()).device), augment)
     return trial
