@@ -108,12 +108,17 @@ def cifar_slice() -> Path:
     return root
 
 
-def runs(seeds: list[int]) -> dict[str, tuple[str, dict, int]]:
+def runs(
+    seeds: list[int], lr_sweep: tuple[float, ...] = LR_SWEEP, scenarios: list[str] | None = None
+) -> dict[str, tuple[str, dict, int]]:
+    """{folder name: (group, overrides, seed)}; `scenarios` names a subset of SCENARIOS (all: None)."""
     out = {}
     for seed in seeds:
-        for lr in LR_SWEEP:
+        for lr in lr_sweep:
             out[f"lr{lr:g}-s{seed}"] = (f"lr {lr:g}", dict(lr=lr), seed)
         for name, overrides in SCENARIOS.items():
+            if scenarios is not None and name not in scenarios:
+                continue
             slug = name.split(" (")[0].replace(", --on-collapse ", "-").replace(", lr factor ", "-f")
             slug = slug.replace(" ", "-").replace("/", "")
             out[f"{slug}-s{seed}"] = (name, overrides, seed)
@@ -269,11 +274,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--data", choices=("digits", "cifar-slice", "fashion"), default="digits")
     ap.add_argument("--plot", help="also a PNG: final kNN against the final effective rank, per setting")
+    ap.add_argument("--lr-sweep", type=float, nargs="+", default=list(LR_SWEEP), help="x the preset's base lr")
+    ap.add_argument("--scenarios", nargs="*", choices=list(SCENARIOS), help="a subset of the scenarios (default all)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for key, (group, overrides, seed) in runs(args.seeds).items():
+    for key, (group, overrides, seed) in runs(args.seeds, tuple(args.lr_sweep), args.scenarios).items():
         rows = train_one(out / key, overrides, seed, args.data)
         summary_path = out / key / "summary.json"
         random_init = json.loads(summary_path.read_text())["knn_top1_random_init"] if summary_path.exists() else None

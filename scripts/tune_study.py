@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budget-minutes", type=float, default=15.0)
+    ap.add_argument("--lr-factors", type=float, nargs="+", default=list(LR_SWEEP), help="the grid (x the preset's lr)")
     args = ap.parse_args()
 
     from simsiam import from_preset
@@ -48,9 +49,9 @@ def main() -> None:
     for seed in args.seeds:
         base = from_preset(preset, **options, seed=seed, device="cpu")
         t0 = time.perf_counter()
-        best, trials, _ = tune(base, out / f"s{seed}", list(LR_SWEEP), [1.0], args.budget_minutes)
+        best, trials, _ = tune(base, out / f"s{seed}", args.lr_factors, [1.0], args.budget_minutes)
         picks.append({"seed": seed, "lr_factor": best.lr_factor, "minutes": (time.perf_counter() - t0) / 60})
-    grid = {lr: [knn(lr, s) for s in args.seeds] for lr in LR_SWEEP}
+    grid = {lr: [knn(lr, s) for s in args.seeds] for lr in args.lr_factors}
     oracle = max(grid, key=lambda lr: statistics.mean(grid[lr]))
     picked = [knn(p["lr_factor"], p["seed"]) for p in picks]
     pooled = statistics.mean(statistics.stdev(v) for v in grid.values() if len(v) > 1) if len(args.seeds) > 1 else 0.0

@@ -338,6 +338,27 @@ class EmbedOptions(DeviceOptions):
     batch_size: int = opt(256, "images per forward pass", check=POSITIVE_INT)
 
 
+@dataclass
+class IndexOptions(DeviceOptions):
+    """`simsiam index`."""
+
+    batch_size: int = opt(256, "images per forward pass", check=POSITIVE_INT)
+    workers: int = opt(2, "DataLoader processes that decode the files (0: in this process)", check=COUNT)
+    kind: str = opt(
+        "auto",
+        "auto: exact search up to 50000 images, HNSW (efSearch raised until recall@10 >= 0.95) beyond",
+        check=Choice(("auto", "exact", "hnsw")),
+    )
+
+
+@dataclass
+class SearchOptions(DeviceOptions):
+    """`simsiam search`."""
+
+    k: int = opt(10, "neighbours per query", check=POSITIVE_INT)
+    batch_size: int = opt(256, "query images per forward pass", check=POSITIVE_INT)
+
+
 @dataclass(frozen=True)
 class Grid(Constraint):
     """One or more distinct positive finite numbers: the points of a search grid."""
