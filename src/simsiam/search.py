@@ -93,24 +93,21 @@ def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: in
     return np.take_along_axis(best_i, order, 1)
 
 
-def recall_at(index, vectors: np.ndarray, k: int = 10, queries: int = RECALL_QUERIES, seed: int = 0) -> float:
-    """Recall@k of `index` against exact search, on `queries` of its own vectors (each query's own
-    id left out of both lists: finding itself is trivial)."""
-    rng = np.random.default_rng(seed)
-    ids = rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)
-    q = vectors[ids]
-    truth = exact_neighbours(vectors, q, k + 1)
-    _, found = index.search(q, k + 1)
-    hits = 0
-    for qid, t, f in zip(ids, truth, found):
-        want = [i for i in t if i != qid][:k]
-        got = {i for i in f if i != qid}
-        hits += len(set(want) & got)
-    return hits / (len(ids) * k)
+def recall_at(index, base: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    """Recall@k of `index` (which holds `base`) against exact search over `base`, for `queries`
+    that are not in it (a vector of the index finds itself: that would flatter the index)."""
+    truth = exact_neighbours(base, queries, k)
+    _, found = index.search(queries, k)
+    return float(np.mean([len(set(t) & set(f)) / k for t, f in zip(truth, found)]))
 
 
-def build(vectors: np.ndarray, kind: str = "auto", log: Callable[[str], None] = lambda _: None) -> tuple[Any, dict]:
-    """(a FAISS index over `vectors`, what it is: kind, efSearch, recall@10 and build seconds)."""
+def build(
+    vectors: np.ndarray, kind: str = "auto", log: Callable[[str], None] = lambda _: None, seed: int = 0
+) -> tuple[Any, dict, np.ndarray]:
+    """(a FAISS index over `vectors`, what it is: kind, efSearch, recall@10 and build seconds, the
+    order in which it holds them: id i is vectors[order[i]]). HNSW is built without a random
+    sample of up to RECALL_QUERIES vectors, which then serve as held-out queries for `tune_ef`, and
+    are added last."""
     faiss = faiss_module()
     n, d = vectors.shape
     chosen = kind if kind != "auto" else ("exact" if n <= EXACT_MAX else "hnsw")
@@ -118,30 +115,33 @@ def build(vectors: np.ndarray, kind: str = "auto", log: Callable[[str], None] = 
     if chosen == "exact":
         index = faiss.IndexFlatIP(d)
         index.add(vectors)
-        return index, {"kind": "exact", "build_seconds": time.perf_counter() - t0, "recall_at_10": 1.0}
+        info = {"kind": "exact", "build_seconds": time.perf_counter() - t0, "recall_at_10": 1.0}
+        return index, info, np.arange(n)
+    held = max(1, min(RECALL_QUERIES, n // 10))
+    order = np.random.default_rng(seed).permutation(n)
+    order = np.concatenate([np.sort(order[held:]), np.sort(order[:held])])  # the held-out sample last
     index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = EF_CONSTRUCTION
-    index.add(vectors)
-    seconds = time.perf_counter() - t0
-    return index, {"kind": "hnsw", "build_seconds": seconds, **tune_ef(index, vectors, log)}
+    index.add(vectors[order[:-held]])
+    tuned = tune_ef(index, vectors[order[:-held]], vectors[order[-held:]], log)
+    index.add(vectors[order[-held:]])
+    return index, {"kind": "hnsw", "build_seconds": time.perf_counter() - t0, **tuned}, order
 
 
-def tune_ef(index, vectors: np.ndarray, log: Callable[[str], None] = lambda _: None) -> dict:
-    """The smallest efSearch of EF_SEARCH whose measured recall@10 reaches RECALL_TARGET (the
-    largest, with a warning, when none does); sets it on `index`."""
-    if len(vectors) <= 10:
-        index.hnsw.efSearch = EF_SEARCH[-1]
-        return {"ef_search": EF_SEARCH[-1], "recall_at_10": 1.0}
-    recall = 0.0
+def tune_ef(index, base: np.ndarray, queries: np.ndarray, log: Callable[[str], None] = lambda _: None) -> dict:
+    """The smallest efSearch of EF_SEARCH whose recall@10 for `queries` (held out of `index`, which
+    holds `base`) reaches RECALL_TARGET (the largest, with a warning, when none does); set on
+    `index`."""
+    recall, ef = 0.0, EF_SEARCH[0]
     for ef in EF_SEARCH:
         index.hnsw.efSearch = ef
-        recall = recall_at(index, vectors)
-        log(f"HNSW efSearch {ef}: recall@10 against exact {recall:.3f}")
+        recall = recall_at(index, base, queries)
+        log(f"HNSW efSearch {ef}: recall@10 against exact {recall:.3f} ({len(queries)} held-out queries)")
         if recall >= RECALL_TARGET:
             break
     else:
         warn(f"HNSW reached recall@10 {recall:.3f} only (< {RECALL_TARGET}) at efSearch {ef}; use --kind exact")
-    return {"ef_search": ef, "recall_at_10": recall}
+    return {"ef_search": ef, "recall_at_10": recall, "recall_queries": len(queries)}
 
 
 def vectors_of(index) -> np.ndarray:
@@ -215,7 +215,8 @@ def create(
     if not kept:
         raise DataError(f"none of the {len(paths)} image files under {data_dir} could be read")
     embed_seconds = time.perf_counter() - t0
-    index, info = build(vectors, kind, log)
+    index, info, order = build(vectors, kind, log)
+    kept = [kept[i] for i in order]
     meta = {
         "format": FORMAT,
         "backbone": _backbone_record(source, backbone, cfg),
@@ -301,23 +302,30 @@ def add(
     index, paths, meta = load(index_dir)
     device = resolve_device(device) if isinstance(device, str) else device
     require_folder(str(data_dir), "give --add a folder of images")
-    held = set(paths)
-    new = [p for p in list_images(str(data_dir)) if p not in held]
+    known = set(paths)
+    new = [p for p in list_images(str(data_dir)) if p not in known]
     backbone, cfg = index_backbone(meta, source, device)
     if not new:
         log(f"every image under {data_dir} is already in the index")
         return {**meta, "added": 0}
     kept, vectors, bad = _embed_all(backbone, cfg, new, batch_size, device, workers, progress)
     if kept:
-        total = index.ntotal + len(kept)
+        total, listed = index.ntotal + len(kept), paths + kept
         if meta["kind"] == "exact" and meta["kind_requested"] == "auto" and total > EXACT_MAX:
             log(f"{total} vectors: past {EXACT_MAX}, the exact index becomes HNSW")
-            index, info = build(np.concatenate([vectors_of(index), vectors]), "hnsw", log)
+            index, info, order = build(np.concatenate([vectors_of(index), vectors]), "hnsw", log)
+            listed = [listed[i] for i in order]
+        elif meta["kind"] == "hnsw":  # the new vectors, before they join, are held-out queries
+            info = meta
+            if len(kept) >= 50:
+                sample = np.random.default_rng(0).permutation(len(kept))[:RECALL_QUERIES]
+                info = tune_ef(index, vectors_of(index), vectors[sample], log)
+            index.add(vectors)
         else:
             index.add(vectors)
-            info = tune_ef(index, vectors_of(index), log) if meta["kind"] == "hnsw" else {"recall_at_10": 1.0}
-        meta = {**meta, **info, "count": len(paths) + len(kept), "skipped": meta["skipped"] + len(bad)}
-        _write(index_dir, index, paths + kept, meta)
+            info = {"recall_at_10": 1.0}
+        meta = {**meta, **info, "count": total, "skipped": meta["skipped"] + len(bad)}
+        _write(index_dir, index, listed, meta)
     return {**meta, "added": len(kept)}
 
 
