@@ -20,6 +20,7 @@ from .errors import ConfigError, Interrupted, SimSiamError, warn
 from .methods import METHODS
 from .options import (
     CompareOptions,
+    DuplicatesOptions,
     EmbedOptions,
     ExperimentOptions,
     IndexOptions,
@@ -205,6 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--html", metavar="FILE.html", help="a gallery: each query beside its neighbours")
     se.add_argument("--backbone", metavar="RUN_DIR|CHECKPOINT", help="where the index's backbone is now, if moved")
     _add_options(se, SearchOptions)
+
+    du = sub.add_parser(
+        "duplicates",
+        help="exact and near-duplicate images of a folder, in groups (CSV, HTML)",
+        description="Groups of images with the same bytes, or whose backbone features have a cosine similarity "
+        "of at least --threshold (joined in chains: connected components). DIR: a folder of images (with "
+        "--backbone) or an index folder written by `simsiam index` (its features are reused). Prints the groups "
+        "and how many pairs other thresholds would give.",
+    )
+    du.add_argument("data_dir", metavar="DIR|INDEX")
+    du.add_argument("--backbone", metavar="RUN_DIR|CHECKPOINT", help="the backbone that embeds DIR")
+    du.add_argument("--out", metavar="FILE.csv", help="one row per image in a group")
+    du.add_argument("--html", metavar="FILE.html", help="a gallery: each group side by side")
+    _add_options(du, DuplicatesOptions)
 
     from .experiments.reproduce import GROUPS
 
@@ -488,6 +503,33 @@ def _search(args) -> None:
         log(f"gallery -> {search_gallery(rows, args.html)}")
 
 
+def _duplicates(args) -> None:
+    from .duplicates import find, write_csv, write_html
+
+    o = DuplicatesOptions.from_args(args)
+    device = resolve_device(o.device)
+    found = find(args.data_dir, args.backbone, o.threshold, o.batch_size, device, o.workers, log=log)
+    groups, paths = found["groups"], found["paths"]
+    exact = sum(g["kind"] == "exact" for g in groups)
+    in_groups = sum(len(g["members"]) for g in groups)
+    print(
+        f"{len(paths)} images: {len(groups)} groups of duplicates ({exact} of identical files, "
+        f"{len(groups) - exact} near), {in_groups} images in them"
+    )
+    for n, g in enumerate(groups[:20], 1):
+        print(f"group {n} ({g['kind']}, {len(g['members'])} images):")
+        for i, s in zip(g["members"], g["similarity"]):
+            print(f"  {s:.4f}  {paths[i]}")
+    if len(groups) > 20:
+        print(f"... and {len(groups) - 20} more groups (--out FILE.csv lists them all)")
+    sweep = ", ".join(f">= {t:g}: {n}" for t, n in found["sweep"].items())
+    print(f"near-duplicate pairs among nearest neighbours at other thresholds: {sweep}")
+    if args.out:
+        log(f"groups -> {write_csv(found, args.out)}")
+    if args.html:
+        log(f"gallery -> {write_html(found, args.html, o.threshold)}")
+
+
 def _reproduce(args) -> None:
     from .experiments.reproduce import GROUPS, reproduce
 
@@ -548,6 +590,7 @@ COMMANDS = {
     "embed": _embed,
     "index": _index,
     "search": _search,
+    "duplicates": _duplicates,
     "reproduce": _reproduce,
     "compare": _compare,
     "report": _report,

@@ -352,6 +352,17 @@ class IndexOptions(DeviceOptions):
 
 
 @dataclass
+class DuplicatesOptions(DeviceOptions):
+    """`simsiam duplicates`."""
+
+    threshold: float = opt(
+        0.99, "cosine similarity at or above which two images are near-duplicates", check=Range(gt=0, le=1)
+    )
+    batch_size: int = opt(256, "images per forward pass", check=POSITIVE_INT)
+    workers: int = opt(2, "DataLoader processes that decode the files (0: in this process)", check=COUNT)
+
+
+@dataclass
 class SearchOptions(DeviceOptions):
     """`simsiam search`."""
 

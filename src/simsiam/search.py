@@ -150,7 +150,9 @@ def vectors_of(index) -> np.ndarray:
     return index.reconstruct_n(0, n) if n else np.zeros((0, index.d), np.float32)
 
 
-def _embed_all(backbone, cfg, paths, batch_size, device, workers, progress) -> tuple[list[str], np.ndarray, list[str]]:
+def embed_all(backbone, cfg, paths, batch_size, device, workers, progress) -> tuple[list[str], np.ndarray, list[str]]:
+    """(readable paths, their L2-normalised features, unreadable paths), with a progress bar and a
+    warning naming the unreadable files."""
     from .runtime import Bar
 
     kept, feats, bad = [], [], []
@@ -211,7 +213,7 @@ def create(
         raise DataError(f"no image files under {data_dir}; give --data-dir a folder of images")
     backbone, cfg = load_backbone(source, device)
     t0 = time.perf_counter()
-    kept, vectors, bad = _embed_all(backbone, cfg, paths, batch_size, device, workers, progress)
+    kept, vectors, bad = embed_all(backbone, cfg, paths, batch_size, device, workers, progress)
     if not kept:
         raise DataError(f"none of the {len(paths)} image files under {data_dir} could be read")
     embed_seconds = time.perf_counter() - t0
@@ -308,7 +310,7 @@ def add(
     if not new:
         log(f"every image under {data_dir} is already in the index")
         return {**meta, "added": 0}
-    kept, vectors, bad = _embed_all(backbone, cfg, new, batch_size, device, workers, progress)
+    kept, vectors, bad = embed_all(backbone, cfg, new, batch_size, device, workers, progress)
     if kept:
         total, listed = index.ntotal + len(kept), paths + kept
         if meta["kind"] == "exact" and meta["kind_requested"] == "auto" and total > EXACT_MAX:
