@@ -19,6 +19,7 @@ from .configure import follow_the_images, from_preset, resume_config, with_file
 from .errors import ConfigError, Interrupted, SimSiamError, warn
 from .methods import METHODS
 from .options import (
+    ClusterOptions,
     CompareOptions,
     DuplicatesOptions,
     EmbedOptions,
@@ -30,6 +31,7 @@ from .options import (
     RankOptions,
     ReproduceOptions,
     SearchOptions,
+    SelectOptions,
     TuneOptions,
 )
 from .records import Summary
@@ -49,6 +51,15 @@ def _add_options(parser, cls: type, hidden=(), preset_defaults: bool = False) ->
             where = "paper/Config default" if cls is Config else f"default {_show(default)}"
             text = f.metadata["help"] + (f": {' | '.join(METHODS)}" if cls is Config and f.name == "method" else "")
             _add_field(parser, f, hints[f.name], text, preset_defaults and where)
+
+
+def _add_folder_command(parser, options: type, out_help: str, html_help: str) -> None:
+    """The arguments of a command over a folder's features (duplicates, cluster, select)."""
+    parser.add_argument("data_dir", metavar="DIR|INDEX")
+    parser.add_argument("--backbone", metavar="RUN_DIR|CHECKPOINT", help="the backbone that embeds DIR")
+    parser.add_argument("--out", metavar="FILE.csv", help=out_help)
+    parser.add_argument("--html", metavar="FILE.html", help=html_help)
+    _add_options(parser, options)
 
 
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
@@ -215,11 +226,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone) or an index folder written by `simsiam index` (its features are reused). Prints the groups "
         "and how many pairs other thresholds would give.",
     )
-    du.add_argument("data_dir", metavar="DIR|INDEX")
-    du.add_argument("--backbone", metavar="RUN_DIR|CHECKPOINT", help="the backbone that embeds DIR")
-    du.add_argument("--out", metavar="FILE.csv", help="one row per image in a group")
-    du.add_argument("--html", metavar="FILE.html", help="a gallery: each group side by side")
-    _add_options(du, DuplicatesOptions)
+    _add_folder_command(du, DuplicatesOptions, "one row per image in a group", "a gallery: each group side by side")
+
+    cl = sub.add_parser(
+        "cluster",
+        help="k-means of a folder's features: pseudo-labels (CSV) and a gallery per cluster",
+        description="Spherical k-means (FAISS) of the backbone features of DIR (with --backbone) or of an index "
+        "folder. Without -k, K is chosen by silhouette over --k-min..--k-max (printed). Writes the cluster of "
+        "every image (--out) and a gallery of each cluster's most typical images (--html); when the images sit "
+        "in class sub-folders, prints NMI and ARI against them.",
+    )
+    _add_folder_command(
+        cl,
+        ClusterOptions,
+        "path, cluster, rank in the cluster, similarity to its centre",
+        "a gallery: each cluster's most typical images",
+    )
+
+    sl = sub.add_parser(
+        "select",
+        help="which images to label first (typiclust, kcenter or random), from the features alone",
+        description="Chooses --budget images of DIR (with --backbone) or of an index folder to label first. "
+        "typiclust (default; Hacohen et al., ICML 2022): the most typical image of each of BUDGET k-means "
+        "clusters, largest first. kcenter (Sener & Savarese, 2018): farthest-first traversal. random: a seeded "
+        "draw. Prints and writes (--out) the images in the order picked.",
+    )
+    _add_folder_command(sl, SelectOptions, "order, path", "a gallery of the images picked")
 
     from .experiments.reproduce import GROUPS
 
@@ -530,6 +562,51 @@ def _duplicates(args) -> None:
         log(f"gallery -> {write_html(found, args.html, o.threshold)}")
 
 
+def _cluster(args) -> None:
+    from .cluster import by_cluster, cluster, write_csv, write_html
+
+    o = ClusterOptions.from_args(args)
+    device = resolve_device(o.device)
+    res = cluster(
+        args.data_dir, args.backbone, o.k, (o.k_min, o.k_max), o.seed, o.batch_size, device, o.workers, log=log
+    )
+    sizes = [len(m) for m in by_cluster(res)]
+    print(f"{len(res['paths'])} images in {res['k']} clusters of {', '.join(map(str, sizes))} images")
+    if res["nmi"] is not None:
+        print(
+            f"against the {res['num_classes']} sub-folders (never used to cluster): NMI {res['nmi']:.3f}, "
+            f"ARI {res['ari']:.3f}"
+        )
+    if args.out:
+        log(f"clusters -> {write_csv(res, args.out)}")
+    if args.html:
+        log(f"gallery -> {write_html(res, args.html)}")
+
+
+def _select(args) -> None:
+    from .gallery import write_gallery
+    from .search import folder_vectors, write_rows
+    from .select import check_budget, choose
+
+    o = SelectOptions.from_args(args)
+    budget = o.budget
+    if budget is None:
+        raise ConfigError("give --budget N: how many images to label")
+    device = resolve_device(o.device)
+    fits = lambda n: check_budget(budget, n)  # noqa: E731
+    paths, vectors, _ = folder_vectors(args.data_dir, args.backbone, o.batch_size, device, o.workers, check=fits)
+    picks = choose(vectors, budget, o.strategy, o.seed)
+    rows = [{"order": n, "path": paths[i]} for n, i in enumerate(picks, 1)]
+    print(f"{budget} of {len(paths)} images to label first ({o.strategy}, seed {o.seed}):")
+    for r in rows:
+        print(f"  {r['order']:4d}. {r['path']}")
+    if args.out:
+        log(f"selection -> {write_rows(rows, args.out)}")
+    if args.html:
+        items = [(paths[i], str(n)) for n, i in enumerate(picks, 1)]
+        log(f"gallery -> {write_gallery(args.html, 'simsiam select', [(o.strategy, items)])}")
+
+
 def _reproduce(args) -> None:
     from .experiments.reproduce import GROUPS, reproduce
 
@@ -591,6 +668,8 @@ COMMANDS = {
     "index": _index,
     "search": _search,
     "duplicates": _duplicates,
+    "cluster": _cluster,
+    "select": _select,
     "reproduce": _reproduce,
     "compare": _compare,
     "report": _report,

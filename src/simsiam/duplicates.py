@@ -21,8 +21,7 @@ import torch
 
 from . import checkpoint
 from . import search as S
-from .data.datasets import list_images, require_folder
-from .errors import DataError, warn
+from .errors import warn
 
 THRESHOLD = 0.99  # cosine; the best F1 of two CIFAR backbones in benchmarks/duplicates.py
 NEIGHBOURS = 32  # nearest neighbours looked at per image
@@ -119,26 +118,7 @@ def find(
     """Exact and near-duplicate groups of the images under `data_dir` (through the backbone of
     `source`), or of an index folder's images (`data_dir` holds meta.json; `source` not needed).
     Returns {paths, groups, sweep: pairs per threshold, skipped}."""
-    from .runs import load_backbone
-    from .runtime import resolve_device
-
-    data_dir = Path(data_dir)
-    device = resolve_device(device) if isinstance(device, str) else device
-    if (data_dir / "meta.json").exists():
-        index, paths, _ = S.load(data_dir)
-        vectors, skipped = S.vectors_of(index), 0
-    else:
-        if source is None:
-            raise DataError(f"give --backbone RUN_DIR|CHECKPOINT to embed {data_dir} (or give an index folder)")
-        require_folder(str(data_dir), "give a folder of images")
-        files = list_images(str(data_dir))
-        if not files:
-            raise DataError(f"no image files under {data_dir}; give a folder of images")
-        backbone, cfg = load_backbone(source, device)
-        paths, vectors, bad = S.embed_all(backbone, cfg, files, batch_size, device, workers, progress)
-        if not paths:
-            raise DataError(f"none of the {len(files)} image files under {data_dir} could be read")
-        skipped = len(bad)
+    paths, vectors, skipped = S.folder_vectors(data_dir, source, batch_size, device, workers, progress)
     if len(paths) < 2:
         return {"paths": paths, "groups": [], "sweep": {t: 0 for t in SWEEP}, "skipped": skipped}
     hashes = [file_hash(p) for p in paths]

@@ -363,6 +363,35 @@ class DuplicatesOptions(DeviceOptions):
 
 
 @dataclass
+class ClusterOptions(DeviceOptions):
+    """`simsiam cluster`."""
+
+    k: int | None = opt(
+        None, "clusters (default: the K of --k-min..--k-max with the best silhouette)", check=POSITIVE_INT
+    )
+    k_min: int = opt(2, "smallest K tried when -k is not given", check=Int(ge=2))
+    k_max: int = opt(20, "largest K tried when -k is not given", check=Int(ge=2))
+    seed: int = opt(0, "k-means seed", check=SEED)
+    batch_size: int = opt(256, "images per forward pass", check=POSITIVE_INT)
+    workers: int = opt(2, "DataLoader processes that decode the files (0: in this process)", check=COUNT)
+
+
+@dataclass
+class SelectOptions(DeviceOptions):
+    """`simsiam select`."""
+
+    budget: int | None = opt(None, "how many images to label (required)", check=POSITIVE_INT)
+    strategy: str = opt(
+        "typiclust",
+        "typiclust: the most typical image of each of BUDGET k-means clusters | kcenter: farthest-first | random",
+        check=Choice(("typiclust", "kcenter", "random")),
+    )
+    seed: int = opt(0, "seed of k-means, of kcenter's first image, of random", check=SEED)
+    batch_size: int = opt(256, "images per forward pass", check=POSITIVE_INT)
+    workers: int = opt(2, "DataLoader processes that decode the files (0: in this process)", check=COUNT)
+
+
+@dataclass
 class SearchOptions(DeviceOptions):
     """`simsiam search`."""
 

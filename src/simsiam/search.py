@@ -168,6 +168,44 @@ def embed_all(backbone, cfg, paths, batch_size, device, workers, progress) -> tu
     return kept, (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)), bad
 
 
+def folder_vectors(
+    data_dir,
+    source=None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    workers: int = 2,
+    progress: bool = True,
+    check: Callable[[int], None] = lambda _: None,
+) -> tuple[list[str], np.ndarray, int]:
+    """(paths, L2-normalised features, unreadable files skipped) of the images under `data_dir`
+    through the backbone of `source` (run dir or checkpoint), or of an index folder (it holds
+    meta.json: nothing is embedded, `source` is not needed). `check(number of images)` runs before
+    anything is embedded (and again on the images that could be read): a request the folder cannot
+    meet fails at once."""
+    from .runs import load_backbone
+    from .runtime import resolve_device
+
+    data_dir = Path(data_dir)
+    if (data_dir / "meta.json").exists():
+        index, paths, _ = load(data_dir)
+        check(len(paths))
+        return paths, vectors_of(index), 0
+    if source is None:
+        raise DataError(f"give --backbone RUN_DIR|CHECKPOINT to embed {data_dir} (or give an index folder)")
+    require_folder(str(data_dir), "give a folder of images")
+    files = list_images(str(data_dir))
+    if not files:
+        raise DataError(f"no image files under {data_dir}; give a folder of images")
+    check(len(files))
+    device = resolve_device(device) if isinstance(device, str) else device
+    backbone, cfg = load_backbone(source, device)
+    paths, vectors, bad = embed_all(backbone, cfg, files, batch_size, device, workers, progress)
+    if not paths:
+        raise DataError(f"none of the {len(files)} image files under {data_dir} could be read")
+    check(len(paths))
+    return paths, vectors, len(bad)
+
+
 def _write(out: Path, index, paths: list[str], meta: dict) -> None:
     faiss = faiss_module()
     out.mkdir(parents=True, exist_ok=True)
