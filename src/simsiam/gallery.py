@@ -9,6 +9,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from . import checkpoint
@@ -30,10 +31,16 @@ figure.first img { border-color: #2a7ae2; }
 def thumbnail(path: str, size: int = THUMB) -> str | None:
     """A data: URI of the image at `path` as a size x size JPEG, or None when it cannot be read."""
     a = decode_image(str(path), size)
-    if a is None:
-        return None
+    return None if a is None else array_uri(a)
+
+
+def array_uri(a: np.ndarray, size: int | None = None) -> str:
+    """A data: URI of an RGB uint8 (H, W, 3) array as JPEG, resized to size x size when given."""
+    im = Image.fromarray(a)
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="JPEG", quality=85)
+    im.save(buf, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

@@ -26,6 +26,7 @@ from . import checkpoint
 from .config import Config
 from .configure import load_json
 from .data import labeled_splits
+from .data.datasets import FileSet
 from .errors import ConfigError, DataError, warn
 from .evaluate import extract_features
 from .runs import load_backbone, read_events, read_metrics, read_summary
@@ -77,7 +78,9 @@ def write_report(
     for name in FIGURES:  # a plot from an earlier report must not pass for this one's
         (out / name).unlink(missing_ok=True)
 
+    (out / "report.html").unlink(missing_ok=True)
     figures: list[tuple[str, str, str]] = []  # (file name, heading, caption), in page order
+    map_points: dict | None = None  # report.html's interactive map
     notes: list[str] = []  # what was skipped and why
 
     def add(name: str, heading: str, fig: Figure | None, why_not: str = "", caption: str = "") -> None:
@@ -118,12 +121,35 @@ def write_report(
                         caption=f"{hits[0]} of {hits[1]} neighbours shown share their query's class.",
                     )
             if embedding_map:
-                emb, why = plot_embedding(test_feats, test_set.labels, test_set.classes, max_points, embedding_method)
+                points, why = embedding_points(test_feats, test_set.labels, max_points, embedding_method)
+                emb = draw_embedding(points, test_set.classes) if points is not None else None
                 add("embedding.png", f"Embedding map ({embedding_method})", emb, why)
+                if points is not None:
+                    map_points = {**points, **_map_images(test_set, points["keep"], cfg)}
 
+    from . import report_html
+
+    html_missing = report_html.available()
+    if html_missing:
+        notes.append(html_missing)
     page = out / "summary.md"
-    checkpoint.write_atomic(page, _markdown(run_dir, metrics, summary, cfg, figures, notes, recoveries))
+    md = _markdown(run_dir, metrics, summary, cfg, figures, notes, recoveries)
+    checkpoint.write_atomic(page, md)
+    if not html_missing:
+        report_html.write(out, md, map_points, f"simsiam report: {run_dir.name}")
     return page
+
+
+def _map_images(images, keep: np.ndarray, cfg: Config | None) -> dict:
+    """The classes, images (N, S, S, 3) and names of the map's points, for report.html's hover."""
+    rows = torch.as_tensor(keep)
+    pictures = images.take(rows).permute(0, 2, 3, 1).cpu().numpy()
+    if isinstance(images, FileSet):
+        names = [images.paths[i] for i in rows.tolist()]
+    else:
+        where = cfg.dataset if cfg is not None else "the data"
+        names = [f"{where}: test image {i}" for i in rows.tolist()]
+    return {"classes": images.classes, "images": pictures, "names": names}
 
 
 # --- reading the run ---------------------------------------------------------------------------
@@ -396,17 +422,18 @@ def _short(text: str, n: int = 18) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def plot_embedding(
-    feats: torch.Tensor, labels: torch.Tensor, classes: list[str], max_points: int = 2000, method: str = "tsne"
-) -> tuple[Figure | None, str]:
-    """2-D map of up to max_points features coloured by class; (None, reason) when it cannot be drawn."""
+def embedding_points(
+    feats: torch.Tensor, labels: torch.Tensor, max_points: int = 2000, method: str = "tsne"
+) -> tuple[dict | None, str]:
+    """A 2-D map of up to max_points features: {xy, keep (the rows used), labels, method}, or
+    (None, reason) when it cannot be made."""
     n = len(feats)
     if n < 5:
         return None, f"only {n} test images, too few for a map"
+    keep = torch.arange(n)
     if n > max_points:
         keep = torch.randperm(n, generator=torch.Generator().manual_seed(SEED))[:max_points].sort().values
-        feats, labels = feats[keep], labels[keep]
-    x = feats.numpy().astype(np.float32)
+    x = feats[keep].numpy().astype(np.float32)
     if method == "umap":
         try:
             import umap
@@ -420,7 +447,20 @@ def plot_embedding(
         xy = TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=SEED).fit_transform(
             x
         )
-    y = labels.cpu().numpy()
+    name = "t-SNE" if method == "tsne" else "UMAP"
+    return {"xy": np.asarray(xy), "keep": keep.numpy(), "labels": labels[keep].cpu().numpy(), "method": name}, ""
+
+
+def plot_embedding(
+    feats: torch.Tensor, labels: torch.Tensor, classes: list[str], max_points: int = 2000, method: str = "tsne"
+) -> tuple[Figure | None, str]:
+    """2-D map of up to max_points features coloured by class; (None, reason) when it cannot be drawn."""
+    points, why = embedding_points(feats, labels, max_points, method)
+    return (draw_embedding(points, classes), "") if points is not None else (None, why)
+
+
+def draw_embedding(points: dict, classes: list[str]) -> Figure:
+    xy, y, name = points["xy"], points["labels"], points["method"]
     fig = _figure((7, 5.5))
     ax = fig.subplots()
     many = len(classes) > MAX_LEGEND
@@ -432,9 +472,8 @@ def plot_embedding(
         pts = xy[y == c]
         colour = palette(int(c) % palette.N)
         ax.scatter(pts[:, 0], pts[:, 1], s=8, color=colour, label=None if many else classes[c], alpha=0.8)
-    name = "t-SNE" if method == "tsne" else "UMAP"
     ax.set_title(
-        f"{name} of {len(x)} test-image features, coloured by class"
+        f"{name} of {len(xy)} test-image features, coloured by class"
         + (f" ({len(classes)} classes, no legend)" if many else "")
     )
     ax.set_xlabel(f"{name} 1")
@@ -446,7 +485,7 @@ def plot_embedding(
             title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=2, frameon=False
         )
     fig.tight_layout()
-    return fig, ""
+    return fig
 
 
 # --- the page ----------------------------------------------------------------------------------
