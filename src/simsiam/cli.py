@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simsiam",
         description="Self-supervised image representation learning with SimSiam (Chen & He, "
-        "CVPR 2021): train, tune, doctor, evaluate, export, embed, report. See README.md.",
+        "CVPR 2021): train, tune, doctor, evaluate, export, embed, index, search, duplicates, cluster, select, "
+        "report. See README.md.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tr = sub.add_parser(
