@@ -51,14 +51,16 @@ def edit(im: Image.Image, kind: str, r: random.Random) -> Image.Image:
     return ImageOps.mirror(im)
 
 
-def planted_folder(distinct: int, planted: int, seed: int = 0) -> tuple[Path, dict[str, tuple[int, str]]]:
+def planted_folder(
+    source: Path, work: Path, distinct: int, planted: int, seed: int = 0
+) -> tuple[Path, dict[str, tuple[int, str]]]:
     """The folder, and {path: (original's number, kind: "original" or the edit)}."""
     from simsiam.data.datasets import list_images
 
-    root = CACHE / f"duplicates-{distinct}-{planted}-{seed}"
+    root = work / f"duplicates-{distinct}-{planted}-{seed}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    sources = list_images(str(cifar_folder() / "test"))
+    sources = list_images(str(source))
     r = random.Random(seed)
     r.shuffle(sources)
     truth = {}
@@ -160,12 +162,15 @@ def main() -> None:
     ap.add_argument("--backbone", required=True, help="RUN_DIR|CHECKPOINT whose features `simsiam duplicates` uses")
     ap.add_argument("--distinct", type=int, default=1000)
     ap.add_argument("--planted", type=int, default=200)
+    ap.add_argument("--data", help="the distinct images' folder (default: CIFAR-10's test folder from ../shared)")
+    ap.add_argument("--work", default=str(CACHE), help="where the planted folder is built (default benchmarks/.cache)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
     from simsiam.duplicates import THRESHOLD
 
-    root, truth = planted_folder(args.distinct, args.planted)
+    source = Path(args.data) if args.data else cifar_folder() / "test"
+    root, truth = planted_folder(source, Path(args.work), args.distinct, args.planted)
     paths = sorted(truth)
     groups = np.array([truth[p][0] for p in paths])
     n = len(paths)

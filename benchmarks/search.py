@@ -86,8 +86,9 @@ def index_rows(sizes: list[int]) -> list[str]:
         )
         print(rows[-1], flush=True)
         del exact
-        hnsw, info = S.build(vectors, "hnsw", log=print)
+        hnsw, info, order = S.build(vectors, "hnsw", log=print)
         ms, found = latencies(hnsw, queries)
+        found = order[found]  # the index holds vectors[order]: back to the vectors' own ids
         rows.append(
             f"| {n:,} | HNSW (M {S.HNSW_M}, efConstruction {S.EF_CONSTRUCTION}) | {info['build_seconds']:.1f} | "
             f"{info['ef_search']} | {np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | "
@@ -99,7 +100,7 @@ def index_rows(sizes: list[int]) -> list[str]:
 
 
 @torch.no_grad()
-def embedding_rows(images: int, batch_size: int, workers: list[int], seconds_note: list[str]) -> list[str]:
+def embedding_rows(folder, images: int, batch_size: int, workers: list[int], seconds_note: list[str]) -> list[str]:
     from simsiam import build_backbone, from_preset
     from simsiam import search as S
     from simsiam.data.augment import prepare
@@ -108,7 +109,7 @@ def embedding_rows(images: int, batch_size: int, workers: list[int], seconds_not
     cfg = from_preset("cifar10")
     backbone, dim = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width, image_size=cfg.image_size)
     backbone.eval()
-    paths = list_images(str(cifar_folder() / "test"))[:images]
+    paths = list_images(str(folder))[:images]
     decoded = torch.stack([_Decode(paths, cfg.stored_size)[i] for i in range(len(paths))])
     device = torch.device("cpu")
 
@@ -129,7 +130,7 @@ def embedding_rows(images: int, batch_size: int, workers: list[int], seconds_not
         b, e = bare(), embed(w)
         rows.append(f"| {w} | {e:.0f} | {b:.0f} | **{e / b:.2f}** |")
         print(rows[-1], flush=True)
-    seconds_note.append(f"{len(paths)} CIFAR-10 test JPEGs, batch {batch_size}, {dim}-d features")
+    seconds_note.append(f"{len(paths)} images of {folder}, batch {batch_size}, {dim}-d features")
     return rows
 
 
@@ -139,11 +140,13 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2048, help="images of the embedding measurement")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to compare")
+    ap.add_argument("--data", help="a folder of images to embed (default: CIFAR-10's test folder from ../shared)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = ap.parse_args()
 
     note: list[str] = []
-    emb = embedding_rows(args.images, args.batch_size, args.workers, note)
+    folder = args.data or cifar_folder() / "test"
+    emb = embedding_rows(folder, args.images, args.batch_size, args.workers, note)
     idx = index_rows(args.sizes)
     section = "\n".join(
         [

@@ -141,3 +141,78 @@ def test_vs_lightly_benchmark_runs_both_sides(tmp_path):
     assert re.search(rf"race: simsiam \d+ s, kNN {a:.2f}%", out) and re.search(
         rf"race: lightly \d+ s, kNN {b:.2f}%", out
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory):
+    from simsiam import train
+
+    from conftest import tiny_config
+
+    run = tmp_path_factory.mktemp("bench") / "run"
+    train(tiny_config(run))
+    return run
+
+
+def test_search_benchmark_compares_embedding_with_the_bare_forward_and_measures_recall(
+    results, monkeypatch, capsys, tmp_path
+):
+    make_folder(tmp_path / "imgs", n=40)
+    args = [
+        "--sizes",
+        "3000",
+        "--images",
+        "64",
+        "--batch-size",
+        "32",
+        "--workers",
+        "0",
+        "--data",
+        str(tmp_path / "imgs"),
+    ]
+    out = run_script("search.py", args, monkeypatch, capsys)
+    row = next(line for line in out.splitlines() if re.match(r"\| 0 \|", line))
+    embed, bare, ratio = (number(c.strip(" *")) for c in row.split("|")[2:5])
+    assert_ratio(ratio, embed, bare, 0, 0)
+    lines = dict.fromkeys(line for line in out.splitlines() if line.startswith("| 3,000 |"))  # printed twice
+    rows = [line.split("|")[1:-1] for line in lines]
+    assert [r[1].split(" (")[0].strip() for r in rows] == ["exact", "HNSW"]
+    exact, hnsw = rows
+    assert number(exact[6]) == 1.0 and 0.5 <= number(hnsw[6]) <= 1.0  # recall@10 against exact
+    assert number(hnsw[4]) <= number(hnsw[5])  # p50 <= p99
+    assert row in section(results, "search.py")
+
+
+def test_duplicates_benchmark_scores_both_methods_on_a_planted_folder(
+    results, monkeypatch, capsys, tmp_path, cifar_slice, tiny_backbone
+):
+    args = ["--backbone", str(tiny_backbone), "--data", str(cifar_slice / "test"), "--work", str(tmp_path)]
+    out = run_script("duplicates.py", [*args, "--distinct", "60", "--planted", "10"], monkeypatch, capsys)
+    assert "110 files, 150 true pairs" in out  # 60 + 10 x 5 edits; 10 groups of 6: 15 pairs each
+    rows = {line.split("|")[1].strip(): line.split("|")[2:6] for line in out.splitlines() if line.startswith("| ")}
+    for name in ("pHash (Hamming <=), best F1", "simsiam duplicates (cosine >=), best F1"):
+        p, r, f = (number(c) for c in rows[name][1:4])
+        assert 0 <= p <= 1 and 0 <= r <= 1 and f == pytest.approx(2 * p * r / (p + r), abs=0.002)
+    assert "| pHash, best F1 |" in out and "groups found" in out
+    assert "Near-duplicates" in section(results, "duplicates.py")
+
+
+def test_select_benchmark_trains_a_classifier_on_each_strategys_labels(
+    results, monkeypatch, capsys, cifar_slice, tiny_backbone
+):
+    args = ["--backbone", str(tiny_backbone), "--data", str(cifar_slice), "--budgets", "10", "--seeds", "0", "1"]
+    out = run_script("label_first.py", args, monkeypatch, capsys)
+    row = next(line for line in out.splitlines() if line.startswith("| 10 |"))
+    cells = row.split("|")[2:-1]
+    assert len(cells) == 3
+    for c in cells:  # "acc ± sd (classes covered)"
+        acc, covered = float(c.split("±")[0]), float(c.split("(")[1].rstrip(") "))
+        assert 0 <= acc <= 100 and 1 <= covered <= 10
+    assert "Pool: 1000 CIFAR-10 train images" in out and row in section(results, "label_first.py")
+
+
+def test_no_benchmark_script_shadows_a_standard_module():
+    """`python benchmarks/X.py` puts benchmarks/ first on sys.path: a script named select.py would
+    replace the standard `select` that subprocess imports (it broke vs_lightly.py once)."""
+    names = {p.stem for p in BENCHMARKS.glob("*.py")}
+    assert not names & set(sys.stdlib_module_names)

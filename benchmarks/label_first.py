@@ -1,6 +1,6 @@
 """What to label first: `simsiam select`'s strategies judged by the classifier their labels train.
 
-    python benchmarks/select.py --backbone RUN_DIR
+    python benchmarks/label_first.py --backbone RUN_DIR
 
 CIFAR-10 (../shared): the backbone's features of the train folder (the pool: selection sees no
 label) and of the test folder. For each budget N and seed, each strategy (typiclust, kcenter,
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,12 +54,13 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 50, 100])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--pool", type=int, help="use this many train images (a fixed random draw), not all")
+    ap.add_argument("--data", help="a folder with train/ and test/ class folders (default: CIFAR-10 from ../shared)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
     from simsiam.select import STRATEGIES, choose
 
-    root = cifar_folder()
+    root = Path(args.data) if args.data else cifar_folder()
     t0 = time.perf_counter()
     pool_x, pool_y, classes = features(args.backbone, root / "train", args.pool)
     test_x, test_y, _ = features(args.backbone, root / "test", None)
@@ -81,7 +83,7 @@ def main() -> None:
         rows.append(f"| {n} | " + " | ".join(cells) + " |")
     section = "\n".join(
         [
-            "## What to label first (`benchmarks/select.py`)",
+            "## What to label first (`benchmarks/label_first.py`)",
             "",
             f"Measured at {commit()} on {machine()}. Backbone: `{args.backbone}`. Pool: {len(pool_x)} CIFAR-10 "
             f"train images (selection reads no label); test: {len(test_x)} images. Logistic regression on the "
@@ -95,7 +97,7 @@ def main() -> None:
     )
     print("\n" + section)
     if not args.no_write:
-        write_section("select.py", section)
+        write_section("label_first.py", section)
         print("\nwrote benchmarks/RESULTS.md")
 
 
