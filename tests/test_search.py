@@ -1,6 +1,7 @@
 """simsiam index / search: FAISS over a folder's features, stored with its paths and its backbone."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -157,3 +158,10 @@ def test_bad_inputs_are_one_line_errors(backbones, images, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     assert_one_line_error(simsiam(capsys, "search", tmp_path / "i", bad), "could be read")
+
+
+def test_the_help_states_the_librarys_exact_search_limit():
+    from simsiam.options import IndexOptions
+
+    kind = next(f for f in dataclasses.fields(IndexOptions) if f.name == "kind")
+    assert f"up to {S.EXACT_MAX} images" in kind.metadata["help"]

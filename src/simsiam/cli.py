@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         "index",
         help="a similarity-search index (FAISS) of a folder's features; --add DIR adds images to one",
         description="Embed every image under --data-dir through the backbone of RUN_DIR|CHECKPOINT into a "
-        "FAISS index folder (--out): exact search up to 50000 images, HNSW beyond (its recall@10 against exact "
+        "FAISS index folder (--out): exact search up to 20000 images, HNSW beyond (its recall@10 against exact "
         "measured and printed). With --add DIR, only the images the index does not hold yet are embedded and "
         "added (RUN_DIR|CHECKPOINT: the index's own backbone when omitted).",
     )

@@ -346,7 +346,7 @@ class IndexOptions(DeviceOptions):
     workers: int = opt(2, "DataLoader processes that decode the files (0: in this process)", check=COUNT)
     kind: str = opt(
         "auto",
-        "auto: exact search up to 50000 images, HNSW (efSearch raised until recall@10 >= 0.95) beyond",
+        "auto: exact search up to 20000 images, HNSW (efSearch raised until recall@10 >= 0.95) beyond",
         check=Choice(("auto", "exact", "hnsw")),
     )
 
