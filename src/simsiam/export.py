@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,6 @@ from .backbones import CUSTOM, RESNETS, TIMM, feature_dim, removed_classifier, t
 from .config import Config
 from .data import datasets
 from .data.augment import prepare
-from .data.datasets import decode_image
 from .errors import ConfigError, DataError, TrainingError, warn
 from .methods import build_model
 from .runs import load_backbone
@@ -145,12 +145,38 @@ def _howto(backbone: nn.Module, cfg: Config) -> str:
     return how
 
 
-def list_images(root) -> list[str]:
-    datasets.require_folder(str(root), "give --data-dir a folder of images")
+def list_images(root, todo: str = "give --data-dir a folder of images") -> list[str]:
+    """Every image file under `root`, or a one-line DataError: no such folder (`todo` says what to
+    give instead), or no image in it."""
+    datasets.require_folder(str(root), todo)
     paths = datasets.list_images(str(root))
     if not paths:
         raise DataError(f"no image files ({', '.join(IMG_EXTENSIONS[:4])}, ...) under {root}")
     return paths
+
+
+@torch.no_grad()
+def embed_stream(
+    backbone: nn.Module, cfg: Config, paths: list[str], batch_size: int, device: torch.device, workers: int = 0
+) -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
+    """(readable paths, their backbone features as float on `device`, unreadable paths) batch by
+    batch; files are decoded by `workers` DataLoader processes (0: in this one) while the backbone
+    runs. A batch with no readable file gives no features (an empty tensor)."""
+    loader = torch.utils.data.DataLoader(
+        datasets._Decode(paths, cfg.stored_size),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=datasets._stack_good,
+        pin_memory=device.type == "cuda",
+    )
+    for i, (images, bad) in enumerate(loader):
+        skipped = set(bad)
+        kept = [p for p in paths[i * batch_size : (i + 1) * batch_size] if p not in skipped]
+        if not kept:
+            yield [], torch.zeros(0), bad
+            continue
+        x = images.to(device, non_blocking=True)
+        yield kept, backbone(prepare(x, cfg.image_size, cfg.mean, cfg.std)).float(), bad
 
 
 @torch.no_grad()
@@ -170,24 +196,26 @@ def embed_folder(
     from .runtime import Bar, resolve_device
 
     check_values(EmbedOptions, batch_size=batch_size)  # `simsiam embed`'s declared checks, before any file
-    device = resolve_device(device) if isinstance(device, str) else device  # "auto", "cuda:1"; a bad name: one line
+    device = resolve_device(device)  # "auto", "cuda:1"; a bad name: one line
     paths = list_images(data_dir)  # first: a wrong --data-dir fails before the backbone loads
     backbone, cfg = load_backbone(source, device)
     proj = _load_projector(source, cfg, device) if projector else None
     feats, zs, kept, bad = [], [], [], []
-    for i in Bar(range(0, len(paths), batch_size), desc="embed", unit="batch", disable=not progress):
-        chunk = paths[i : i + batch_size]
-        arrays = [decode_image(p, cfg.stored_size) for p in chunk]
-        bad += [p for p, a in zip(chunk, arrays) if a is None]
-        good = [(p, a) for p, a in zip(chunk, arrays) if a is not None]
-        if not good:
+    batches = Bar(
+        embed_stream(backbone, cfg, paths, batch_size, device),
+        total=-(-len(paths) // batch_size),
+        desc="embed",
+        unit="batch",
+        disable=not progress,
+    )
+    for k, f, b in batches:
+        bad += b
+        if not k:
             continue
-        x = torch.from_numpy(np.stack([a for _, a in good])).permute(0, 3, 1, 2).to(device)
-        f = backbone(prepare(x, cfg.image_size, cfg.mean, cfg.std)).float()
         feats.append(f.cpu())
         if proj is not None:
             zs.append(proj(f).float().cpu())
-        kept += [p for p, _ in good]
+        kept += k
     if bad:
         warn(f"skipped {len(bad)} unreadable image file(s), e.g. {', '.join(bad[:3])}")
     if not kept:

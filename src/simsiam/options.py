@@ -339,11 +339,17 @@ class EmbedOptions(DeviceOptions):
 
 
 @dataclass
-class IndexOptions(DeviceOptions):
-    """`simsiam index`."""
+class FolderOptions(DeviceOptions):
+    """What every command that embeds a folder takes (index, duplicates, cluster, select)."""
 
     batch_size: int = opt(256, "images per forward pass", check=POSITIVE_INT)
     workers: int = opt(2, "DataLoader processes that decode the files (0: in this process)", check=COUNT)
+
+
+@dataclass
+class IndexOptions(FolderOptions):
+    """`simsiam index`."""
+
     kind: str = opt(
         "auto",
         "auto: exact search up to 20000 images, HNSW (efSearch raised until recall@10 >= 0.95) beyond",
@@ -352,18 +358,16 @@ class IndexOptions(DeviceOptions):
 
 
 @dataclass
-class DuplicatesOptions(DeviceOptions):
+class DuplicatesOptions(FolderOptions):
     """`simsiam duplicates`."""
 
     threshold: float = opt(
         0.99, "cosine similarity at or above which two images are near-duplicates", check=Range(gt=0, le=1)
     )
-    batch_size: int = opt(256, "images per forward pass", check=POSITIVE_INT)
-    workers: int = opt(2, "DataLoader processes that decode the files (0: in this process)", check=COUNT)
 
 
 @dataclass
-class ClusterOptions(DeviceOptions):
+class ClusterOptions(FolderOptions):
     """`simsiam cluster`."""
 
     k: int | None = opt(
@@ -372,12 +376,10 @@ class ClusterOptions(DeviceOptions):
     k_min: int = opt(2, "smallest K tried when -k is not given", check=Int(ge=2))
     k_max: int = opt(20, "largest K tried when -k is not given", check=Int(ge=2))
     seed: int = opt(0, "k-means seed", check=SEED)
-    batch_size: int = opt(256, "images per forward pass", check=POSITIVE_INT)
-    workers: int = opt(2, "DataLoader processes that decode the files (0: in this process)", check=COUNT)
 
 
 @dataclass
-class SelectOptions(DeviceOptions):
+class SelectOptions(FolderOptions):
     """`simsiam select`."""
 
     budget: int | None = opt(None, "how many images to label (required)", check=POSITIVE_INT)
@@ -387,8 +389,6 @@ class SelectOptions(DeviceOptions):
         check=Choice(("typiclust", "kcenter", "random")),
     )
     seed: int = opt(0, "seed of k-means, of kcenter's first image, of random", check=SEED)
-    batch_size: int = opt(256, "images per forward pass", check=POSITIVE_INT)
-    workers: int = opt(2, "DataLoader processes that decode the files (0: in this process)", check=COUNT)
 
 
 @dataclass

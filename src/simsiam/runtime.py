@@ -56,11 +56,14 @@ def log(msg: str) -> None:
         sys.stdout.flush()
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
     """`auto` -> the GPU when there is one (this process's under torchrun), else the CPU; a name
-    that is no device (`options.DEVICE`), or a device that is not there, is a one-line ConfigError."""
+    that is no device (`options.DEVICE`), or a device that is not there, is a one-line ConfigError.
+    A torch.device is taken as it is (library functions accept either)."""
     from .options import DEVICE, check
 
+    if isinstance(name, torch.device):
+        return name
     check("--device", name, DEVICE)
     if name == "auto":
         if not torch.cuda.is_available():

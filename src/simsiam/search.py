@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,10 @@ import torch.nn as nn
 
 from . import checkpoint
 from .config import Config
-from .data.augment import prepare
-from .data.datasets import _Decode, _stack_good, list_images, require_folder
+from .data.datasets import list_images
 from .errors import ConfigError, DataError, warn
+from .export import embed_stream
+from .export import list_images as image_files
 
 EXACT_MAX = 20_000  # vectors; beyond, HNSW (benchmarks/search.py: an exact query takes 17 ms at 100k on 2 cores)
 RECALL_TARGET = 0.95  # recall@10 against exact search that the HNSW efSearch is raised to reach
@@ -50,32 +51,6 @@ def faiss_module():
     except ImportError:
         raise ConfigError("similarity search needs FAISS: pip install faiss-cpu (or faiss-gpu)") from None
     return faiss
-
-
-@torch.no_grad()
-def embed_stream(
-    backbone: nn.Module, cfg: Config, paths: list[str], batch_size: int, device: torch.device, workers: int = 2
-) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
-    """(readable paths, their L2-normalised float32 features, unreadable paths) batch by batch:
-    files are decoded by `workers` DataLoader processes (0: in this one) while the backbone runs."""
-    loader = torch.utils.data.DataLoader(
-        _Decode(paths, cfg.stored_size),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_stack_good,
-        pin_memory=device.type == "cuda",
-    )
-    for i, (images, bad) in enumerate(loader):
-        chunk = paths[i * batch_size : (i + 1) * batch_size]
-        skipped = set(bad)
-        kept = [p for p in chunk if p not in skipped]
-        if not kept:
-            yield [], np.zeros((0, 0), np.float32), bad
-            continue
-        x = images.to(device, non_blocking=True)
-        f = backbone(prepare(x, cfg.image_size, cfg.mean, cfg.std)).float()
-        f = torch.nn.functional.normalize(f, dim=1)
-        yield kept, f.cpu().numpy(), bad
 
 
 def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 65536) -> np.ndarray:
@@ -150,6 +125,11 @@ def vectors_of(index) -> np.ndarray:
     return index.reconstruct_n(0, n) if n else np.zeros((0, index.d), np.float32)
 
 
+def unit(f: torch.Tensor) -> np.ndarray:
+    """Features L2-normalised, as float32 on the host: what an index holds."""
+    return torch.nn.functional.normalize(f, dim=1).cpu().numpy()
+
+
 def embed_all(backbone, cfg, paths, batch_size, device, workers, progress) -> tuple[list[str], np.ndarray, list[str]]:
     """(readable paths, their L2-normalised features, unreadable paths), with a progress bar and a
     warning naming the unreadable files."""
@@ -162,10 +142,30 @@ def embed_all(backbone, cfg, paths, batch_size, device, workers, progress) -> tu
         kept += k
         bad += b
         if k:
-            feats.append(f)
+            feats.append(unit(f))
     if bad:
         warn(f"skipped {len(bad)} unreadable image file(s), e.g. {', '.join(bad[:3])}")
     return kept, (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)), bad
+
+
+def embed_folder(
+    data_dir, source, batch_size: int, device, workers: int, progress: bool, check: Callable[[int], None]
+) -> tuple[list[str], np.ndarray, list[str], nn.Module, Config]:
+    """(readable paths, L2-normalised features, unreadable paths, the backbone, its config) of the
+    images under `data_dir` through the backbone of `source`; `check(number of images)` before
+    anything is embedded and again on those that could be read."""
+    from .runs import load_backbone
+    from .runtime import resolve_device
+
+    files = image_files(data_dir, "give a folder of images")
+    check(len(files))
+    device = resolve_device(device)
+    backbone, cfg = load_backbone(source, device)
+    paths, vectors, bad = embed_all(backbone, cfg, files, batch_size, device, workers, progress)
+    if not paths:
+        raise DataError(f"none of the {len(files)} image files under {data_dir} could be read")
+    check(len(paths))
+    return paths, vectors, bad, backbone, cfg
 
 
 def folder_vectors(
@@ -182,9 +182,6 @@ def folder_vectors(
     meta.json: nothing is embedded, `source` is not needed). `check(number of images)` runs before
     anything is embedded (and again on the images that could be read): a request the folder cannot
     meet fails at once."""
-    from .runs import load_backbone
-    from .runtime import resolve_device
-
     data_dir = Path(data_dir)
     if (data_dir / "meta.json").exists():
         index, paths, _ = load(data_dir)
@@ -192,17 +189,7 @@ def folder_vectors(
         return paths, vectors_of(index), 0
     if source is None:
         raise DataError(f"give --backbone RUN_DIR|CHECKPOINT to embed {data_dir} (or give an index folder)")
-    require_folder(str(data_dir), "give a folder of images")
-    files = list_images(str(data_dir))
-    if not files:
-        raise DataError(f"no image files under {data_dir}; give a folder of images")
-    check(len(files))
-    device = resolve_device(device) if isinstance(device, str) else device
-    backbone, cfg = load_backbone(source, device)
-    paths, vectors, bad = embed_all(backbone, cfg, files, batch_size, device, workers, progress)
-    if not paths:
-        raise DataError(f"none of the {len(files)} image files under {data_dir} could be read")
-    check(len(paths))
+    paths, vectors, bad, _, _ = embed_folder(data_dir, source, batch_size, device, workers, progress, check)
     return paths, vectors, len(bad)
 
 
@@ -238,22 +225,13 @@ def create(
 ) -> dict:
     """Index every image under `data_dir` through the backbone of `source` (run dir or checkpoint)
     into the folder `out`; returns its meta.json."""
-    from .runs import load_backbone
-    from .runtime import resolve_device
-
     out = Path(out)
     if (out / "meta.json").exists():
         raise DataError(f"{out} already holds an index; add images with --add DIR, or choose another --out")
-    device = resolve_device(device) if isinstance(device, str) else device
-    require_folder(str(data_dir), "give --data-dir a folder of images")
-    paths = list_images(str(data_dir))
-    if not paths:
-        raise DataError(f"no image files under {data_dir}; give --data-dir a folder of images")
-    backbone, cfg = load_backbone(source, device)
     t0 = time.perf_counter()
-    kept, vectors, bad = embed_all(backbone, cfg, paths, batch_size, device, workers, progress)
-    if not kept:
-        raise DataError(f"none of the {len(paths)} image files under {data_dir} could be read")
+    kept, vectors, bad, backbone, cfg = embed_folder(
+        data_dir, source, batch_size, device, workers, progress, check=lambda _: None
+    )
     embed_seconds = time.perf_counter() - t0
     index, info, order = build(vectors, kind, log)
     kept = [kept[i] for i in order]
@@ -340,10 +318,9 @@ def add(
 
     index_dir = Path(index_dir)
     index, paths, meta = load(index_dir)
-    device = resolve_device(device) if isinstance(device, str) else device
-    require_folder(str(data_dir), "give --add a folder of images")
+    device = resolve_device(device)
     known = set(paths)
-    new = [p for p in list_images(str(data_dir)) if p not in known]
+    new = [p for p in image_files(data_dir, "give --add a folder of images") if p not in known]
     backbone, cfg = index_backbone(meta, source, device)
     if not new:
         log(f"every image under {data_dir} is already in the index")
@@ -397,7 +374,7 @@ def search(
     from .runtime import resolve_device
 
     index, paths, meta = load(index_dir)
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = resolve_device(device)
     files = query_paths(queries)
     backbone, cfg = index_backbone(meta, source, device)
     rows: list[dict] = []
@@ -406,7 +383,7 @@ def search(
         unreadable += bad
         if not kept:
             continue
-        scores, ids = index.search(f, min(k, index.ntotal))
+        scores, ids = index.search(unit(f), min(k, index.ntotal))
         for q, s_row, i_row in zip(kept, scores, ids):
             ranked = [(s, i) for s, i in zip(s_row, i_row) if i >= 0]
             rows += [
