@@ -49,6 +49,19 @@ def make_folder(root, classes=("red", "blue"), n=24, size=20):
     return root
 
 
+def pattern_folder(root, n: int, seed: int = 0):
+    """n distinct 32x32 images: random 6x6 black-and-white grids, upscaled, as PNG files."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        a = (rng.random((6, 6)) > 0.5).astype(np.uint8) * 255
+        Image.fromarray(a).resize((32, 32), Image.Resampling.BILINEAR).convert("RGB").save(root / f"{seed}-{i:04d}.png")
+    return root
+
+
 # --- the tiny run every test that trains shares --------------------------------------------------
 
 TINY_OPTIONS = dict(

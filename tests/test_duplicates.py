@@ -6,12 +6,11 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from test_search import pattern_folder
 
 from simsiam import duplicates as D
 from simsiam import train
 
-from conftest import assert_one_line_error, simsiam, tiny_config
+from conftest import assert_one_line_error, pattern_folder, simsiam, tiny_config
 
 # The tiny test backbone tells these 32x32 patterns apart only near 1: distinct ones reach a cosine
 # of 0.9995, a JPEG (quality 90) copy stays above 0.99996 of its original.

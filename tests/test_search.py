@@ -11,17 +11,7 @@ from PIL import Image
 from simsiam import search as S
 from simsiam import train
 
-from conftest import assert_one_line_error, simsiam, tiny_config
-
-
-def pattern_folder(root, n: int, seed: int = 0):
-    """n distinct 32x32 images: random 6x6 black-and-white grids, upscaled, as PNG files."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        a = (rng.random((6, 6)) > 0.5).astype(np.uint8) * 255
-        Image.fromarray(a).resize((32, 32), Image.Resampling.BILINEAR).convert("RGB").save(root / f"{seed}-{i:04d}.png")
-    return root
+from conftest import assert_one_line_error, pattern_folder, simsiam, tiny_config
 
 
 @pytest.fixture(scope="module")
