@@ -8,6 +8,7 @@
 #
 #   bash benchmarks/gpu.sh [CIFAR10_JPEG_TARBALL]      # default ../shared/datasets/cifar10-jpeg.tar.gz
 #   SMOKE=1 bash benchmarks/gpu.sh                     # the same plumbing in about a minute on a CPU
+#   BUDGET=150 bash benchmarks/gpu.sh                  # a shorter training budget for step 3 (seconds)
 #
 # Needs torch, torchvision, numpy, pillow, scikit-learn, tqdm, matplotlib, safetensors (the H200
 # image has them); simsiam runs from src/ without an install. Results: $OUT (the device tool's
@@ -23,7 +24,7 @@ TAR="${1:-../shared/datasets/cifar10-jpeg.tar.gz}"
 DATA=/tmp/simsiam-gpu-data
 [ -d "$DATA/cifar10" ] || { mkdir -p "$DATA" && tar xzf "$TAR" -C "$DATA"; } || { echo "no CIFAR-10 at $TAR"; exit 2; }
 
-BUDGET=300 EPOCH=(--preset cifar10) TP=(--seconds 10 --rounds 2) TP50=(--batch-size 256) TP18=(--batch-size 512)
+BUDGET=${BUDGET:-300} EPOCH=(--preset cifar10) TP=(--seconds 10 --rounds 2) TP50=(--batch-size 256) TP18=(--batch-size 512)
 if [ "${SMOKE:-0}" = 1 ]; then  # tiny everything, to check this script on any machine
     BUDGET=10 EPOCH=(--preset cifar10 --subset 2048 --width 0.125 --batch-size 256)
     TP=(--seconds 1 --rounds 1) TP50=(--batch-size 16 --set width=0.125 --set image_size=64 --set load_size=72)
@@ -66,10 +67,10 @@ cp "$OUT/RESULTS.before.md" benchmarks/RESULTS.md
     echo "| kNN top-1 after a ${BUDGET} s budget (${epochs} epochs, $flag) | ${knn} |"
     echo
     echo "ResNet-50 at 224 px, synthetic uint8 at 256 px (${TP50[*]}):"
-    grep -E '^\| (ours|bare)|^Pipeline' "$OUT/resnet50.txt"
+    grep -E '^\| (step|ours|bare)|^\|---|^Pipeline' "$OUT/resnet50.txt"
     echo
     echo "CIFAR ResNet-18 (${TP18[*]}):"
-    grep -E '^\| (ours|bare)|^Pipeline' "$OUT/cifar.txt"
+    grep -E '^\| (step|ours|bare)|^\|---|^Pipeline' "$OUT/cifar.txt"
     echo
     echo "total $(( $(date +%s) - start )) s"
 } | tee "$OUT/gpu.md"
