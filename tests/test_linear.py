@@ -77,3 +77,52 @@ def test_a_backbone_that_moves_during_the_probe_is_an_error(monkeypatch):
     )
     with pytest.raises(TrainingError, match="weights changed during linear evaluation"):
         linear_report(tiny_backbone(), data, data, 12, (0.5,) * 3, (0.5,) * 3, fast=True, progress=False)
+
+
+def two_colour_set(n=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    images = torch.randint(0, 60, (n, 3, 12, 12), dtype=torch.uint8, generator=g)
+    images[labels == 1, 0] += 150  # class 1 is red
+    return ImageSet(images, labels, ["a", "b"])
+
+
+def test_the_linear_lr_follows_the_batch_asked_for_also_on_fewer_images(monkeypatch):
+    """Official main_lincls.py: init_lr = lr x batch_size / 256 with the batch size asked for; 64
+    images and batch 4096 make one step an epoch at the paper's lr 1.6, not 0.1 x 64 / 256."""
+    import simsiam.optim as O
+
+    steps = []
+
+    class Spy(O.LARS):
+        def step(self, closure=None):
+            steps.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(O, "LARS", Spy)
+    data = two_colour_set()
+    res = linear_report(tiny_backbone(), data, data, 12, (0.5,) * 3, (0.5,) * 3, fast=False, epochs=3, progress=False)
+    assert len(steps) == 3 and steps[0] == pytest.approx(0.1 * 4096 / 256)  # cosine from there
+    assert "batch 4096 (all 64 images a step), lr 0.1 x 4096/256" in res.optimizer
+    steps.clear()
+    linear_report(
+        tiny_backbone(), data, data, 12, (0.5,) * 3, (0.5,) * 3, fast=False, epochs=1, batch_size=16, progress=False
+    )
+    assert len(steps) == 4 and steps[0] == pytest.approx(0.1 * 16 / 256)  # asked for: 16
+
+
+def test_report_best_takes_the_best_epochs_top1_and_final_the_last():
+    data = two_colour_set()
+    kw = dict(fast=False, epochs=6, batch_size=16, progress=False)
+    final = linear_report(tiny_backbone(), data, data, 12, (0.5,) * 3, (0.5,) * 3, **kw)
+    best = linear_report(tiny_backbone(), data, data, 12, (0.5,) * 3, (0.5,) * 3, report="best", **kw)
+    assert len(final.top1_per_epoch) == 6 and final.top1_per_epoch == best.top1_per_epoch  # the same training
+    assert final.top1 == pytest.approx(final.top1_per_epoch[-1]) and final.report == "final"
+    assert best.top1 == pytest.approx(max(best.top1_per_epoch)) and best.report == "best"
+    assert best.top1_per_epoch[best.best_epoch - 1] == max(best.top1_per_epoch)
+    assert best.best_epoch == 1 + best.top1_per_epoch.index(max(best.top1_per_epoch))  # the earliest of equal bests
+    assert best.to_json()["top1_per_epoch"] == best.top1_per_epoch
+    from simsiam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--report best needs the paper's protocol"):
+        linear_report(tiny_backbone(), data, data, 12, (0.5,) * 3, (0.5,) * 3, fast=True, report="best")

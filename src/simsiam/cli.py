@@ -34,7 +34,7 @@ from .options import (
     SelectOptions,
     TuneOptions,
 )
-from .records import Summary
+from .records import LinearResult, Summary
 from .runtime import log, resolve_device
 
 _HIDDEN = {"preset", "resume"}  # set by --preset / --resume, which get their own help
@@ -465,6 +465,12 @@ def _eval(args) -> None:
             f"not a measure of the features -> {res.path}"
         )
         return
+    if isinstance(res, LinearResult) and res.top1_per_epoch:  # the paper's protocol: which epoch's top-1
+        final, best = 100 * res.top1_per_epoch[-1], 100 * max(res.top1_per_epoch)
+        if res.report == "final":
+            top5 += f"; the final epoch's (best: epoch {res.best_epoch}, {best:.2f}%)"
+        else:
+            top5 += f"; the best epoch's, epoch {res.best_epoch} (final: {final:.2f}%)"
     log(f"{res.protocol} top-1 {100 * res.top1:.2f}%{top5} ({res.num_test} test images) -> {res.path}")
 
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.augment import prepare
-from .errors import DataError, TrainingError
+from .errors import ConfigError, DataError, TrainingError
 from .parallel import gather_rows, rank_and_world, shard
 from .records import KnnResult, LinearResult
 
@@ -142,12 +142,16 @@ def train_linear(
     weight_decay: float = 0.0,
     seed: int = 0,
     progress: bool = True,
+    after_epoch=None,
 ) -> nn.Linear:
     """The paper's linear classifier (App. A / official main_lincls.py): one BN-free linear layer,
     weights ~ N(0, 0.01), bias 0; LARS (trust 0.001), lr = base_lr x batch/256, cosine per epoch, wd 0.
+    As in the official script, the lr follows the batch size asked for: with fewer training images
+    than `batch_size`, each step takes them all and the lr stays the paper's.
 
     `features(idx, epoch)` returns the (frozen) features of the training images `idx`: fixed
     features for the fast mode, features of freshly augmented crops for the paper's protocol.
+    `after_epoch(epoch, head)` is called at the end of each epoch (the per-epoch test top-1).
     """
     from .optim import LARS, cosine_lr, set_lr
     from .runtime import Bar
@@ -170,6 +174,8 @@ def train_linear(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if after_epoch is not None:
+            after_epoch(epoch, head)
     return head
 
 
@@ -263,22 +269,35 @@ def linear_report(
     base_lr: float = 0.1,
     seed: int = 0,
     progress: bool = True,
+    report: str = "final",
 ) -> LinearResult:
     """`simsiam eval linear`: a linear classifier on the frozen backbone's pool features.
 
     fast: features of the un-augmented images, extracted once, fitted by L-BFGS (`fit_linear_fast`).
     Otherwise the paper's protocol (`train_linear`): every epoch sees fresh RandomResizedCrop + flip
-    crops through the frozen backbone, LARS (slow on CPU; needs many steps).
+    crops through the frozen backbone, LARS (slow on CPU; needs many steps). The test top-1 is
+    measured after every epoch (the test features are fixed: a matrix product each); `report`
+    "final" reports the last epoch's, "best" the best epoch's, as the official main_lincls.py does
+    (it selects on the test set: an optimistic figure). Both are in the result.
     Raises if the backbone's weights changed (they must not: it is frozen).
     """
     from .data.augment import Augment
 
+    if report not in ("final", "best"):
+        raise ConfigError(f"--report must be final or best, not {report!r}")
+    if fast and report == "best":
+        raise ConfigError("--report best needs the paper's protocol (a test top-1 per epoch); --fast fits once")
     before = fingerprint(backbone)
     backbone.eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
     device = next(backbone.parameters()).device
     labels = train.labels.to(device)
+    with torch.no_grad():
+        test_feats = pooled_features(backbone, test, size, mean, std)
+    test_labels = test.labels.to(device)
+    curve: list[float] = []  # test top-1 after each epoch (the paper's protocol)
+    best_state: dict | None = None  # the head after the best of them
     if fast:
         feats = pooled_features(backbone, train, size, mean, std)
         with torch.enable_grad():
@@ -293,33 +312,45 @@ def linear_report(
         def features(idx, epoch):
             return backbone(crop(train.take(idx).to(device), gen)).float()
 
-        dim = pooled_features(backbone, train.take([0]), size, mean, std).shape[1]
+        @torch.no_grad()
+        def score(epoch, head):
+            nonlocal best_state
+            top1 = topk_accuracy(head(test_feats), test_labels, ks=(1,))["top1"]
+            if top1 > max(curve, default=-1.0):  # of equal bests, the earliest epoch's
+                best_state = {k: v.clone() for k, v in head.state_dict().items()}
+            curve.append(top1)
+
+        dim = test_feats.shape[1]
         head = train_linear(
             features,
             labels,
             dim,
             len(train.classes),
             epochs=epochs,
-            batch_size=min(batch_size, len(train)),
+            batch_size=batch_size,
             base_lr=base_lr,
             seed=seed,
             progress=progress,
+            after_epoch=score,
         )
-        optimizer = (
-            f"LARS (trust 0.001), batch {min(batch_size, len(train))}, base lr {base_lr:g}, cosine, wd 0, "
-            f"{epochs} epochs"
-        )
+        per_step = f"batch {batch_size}" + (f" (all {len(train)} images a step)" if batch_size > len(train) else "")
+        optimizer = f"LARS (trust 0.001), {per_step}, lr {base_lr:g} x {batch_size}/256, cosine, wd 0, {epochs} epochs"
+        if report == "best" and best_state is not None:
+            head.load_state_dict(best_state)
     with torch.no_grad():
-        test_feats = pooled_features(backbone, test, size, mean, std)
         scores = head(test_feats)
     if fingerprint(backbone) != before:
         raise TrainingError("the backbone's weights changed during linear evaluation; this is a bug, please report it")
+    best_epoch = max(range(len(curve)), key=lambda i: (curve[i], -i)) + 1 if curve else None
     return LinearResult(
         protocol="linear-fast" if fast else "linear",
         optimizer=optimizer,
         num_train=len(train),
         num_test_images=len(test),
-        **_judged(scores, test.labels.to(device), train.classes, test_feats),
+        report=report,
+        top1_per_epoch=curve,
+        best_epoch=best_epoch,
+        **_judged(scores, test_labels, train.classes, test_feats),
     )
 
 

@@ -44,6 +44,7 @@ def evaluate(
     lr: float = 0.1,
     seed: int = 0,
     progress: bool = True,
+    report: str = "final",
 ) -> Evaluation:
     """Evaluate the backbone of `source` (a run directory, a checkpoint, or an official SimSiam
     checkpoint) with `protocol` "knn" or "linear" (`fast` for the L-BFGS probe) on its own data,
@@ -55,7 +56,7 @@ def evaluate(
     if protocol == "knn":  # the options' declared checks (`simsiam eval`'s), before anything is read
         KnnOptions(device=device, k=k, t=t)
     else:
-        LinearOptions(device=device, fast=fast, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        LinearOptions(device=device, fast=fast, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, report=report)
     backbone, cfg = load_backbone(source, resolve_device(device))
     cfg = _data_to_evaluate(cfg, data_dir, dataset)
     train_set, test_set = labeled_splits(cfg)
@@ -78,6 +79,7 @@ def evaluate(
             base_lr=lr,
             seed=seed,
             progress=progress,
+            report=report,
         )
         name = "eval_linear_fast" if fast else "eval_linear"
     return _written(res, source, cfg, out, name)

@@ -327,8 +327,19 @@ class LinearOptions(DeviceOptions):
     )
     epochs: int = opt(90, "classifier epochs (paper: 90)", check=POSITIVE_INT)
     batch_size: int = opt(4096, "batch (paper: 4096, LARS)", check=POSITIVE_INT)
-    lr: float = opt(0.1, "base lr, scaled by batch/256 (official code 0.1; the paper's text says 0.02)", check=POSITIVE)
+    lr: float = opt(
+        0.1,
+        "base lr, scaled by batch/256 with the batch asked for, also when the data holds fewer images "
+        "(official code 0.1; the paper's text says 0.02)",
+        check=POSITIVE,
+    )
     seed: int = opt(0, "classifier init and data order", check=SEED)
+    report: str = opt(
+        "final",
+        "final: the last epoch's test top-1 | best: the best epoch's, as the official main_lincls.py reports "
+        "(chosen on the test set: optimistic); both are in the JSON",
+        check=Choice(("final", "best")),
+    )
 
 
 @dataclass

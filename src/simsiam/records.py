@@ -364,18 +364,23 @@ class LinearResult(Evaluation):
     backbone_unchanged: bool = True  # the probe raises instead when the frozen backbone moved
     num_train: int = 0
     num_test_images: int = 0
+    report: str = "final"  # top1 is the final epoch's, or the best epoch's (official main_lincls.py)
+    top1_per_epoch: list[float] = field(default_factory=list)  # the paper's protocol only
+    best_epoch: int | None = None
 
     @property
     def num_test(self) -> int:
         return self.num_test_images
 
     def to_json(self) -> dict[str, Any]:
+        curve = {"report": self.report, "best_epoch": self.best_epoch, "top1_per_epoch": self.top1_per_epoch}
         return self._json(
             {
                 "optimizer": self.optimizer,
                 "backbone_unchanged": self.backbone_unchanged,
                 "num_train": self.num_train,
                 "num_test": self.num_test_images,
+                **(curve if self.top1_per_epoch else {}),
             }
         )
 
