@@ -206,3 +206,99 @@ def test_load_size_trains_on_larger_decodes_and_evaluates_on_the_centre_crop(tmp
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "b.safetensors")]) == 0
     with safe_open(str(tmp_path / "b.safetensors"), "pt") as f:
         assert f.metadata()["eval_transform"].startswith("Resize(24) + CenterCrop(16)")
+
+
+def official_lincls_load(path, arch):
+    """facebookresearch/simsiam main_lincls.py --pretrained, its loading written out: torch.load,
+    keep module.encoder.* but fc under their plain names, strict=False, only fc.* missing."""
+    model = torchvision.models.__dict__[arch]()
+    state_dict = torch.load(path, map_location="cpu")["state_dict"]  # weights_only: tensors and plain types
+    for k in list(state_dict.keys()):
+        if k.startswith("module.encoder") and not k.startswith("module.encoder.fc"):
+            state_dict[k[len("module.encoder.") :]] = state_dict[k]
+        del state_dict[k]
+    msg = model.load_state_dict(state_dict, strict=False)
+    assert set(msg.missing_keys) == {"fc.weight", "fc.bias"}
+    return model
+
+
+def official_simsiam(arch, dim, pred_dim):
+    """facebookresearch/simsiam builder.SimSiam's modules, rebuilt: encoder = ResNet(num_classes=dim)
+    whose fc becomes the 3-layer projector, and the 2-layer predictor."""
+    nn = torch.nn
+    encoder = torchvision.models.__dict__[arch](num_classes=dim, zero_init_residual=True)
+    prev = encoder.fc.weight.shape[1]
+    encoder.fc = nn.Sequential(
+        nn.Linear(prev, prev, bias=False),
+        nn.BatchNorm1d(prev),
+        nn.ReLU(inplace=True),
+        nn.Linear(prev, prev, bias=False),
+        nn.BatchNorm1d(prev),
+        nn.ReLU(inplace=True),
+        encoder.fc,
+        nn.BatchNorm1d(dim, affine=False),
+    )
+    predictor = nn.Sequential(
+        nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim), nn.ReLU(inplace=True), nn.Linear(pred_dim, dim)
+    )
+    return nn.ModuleDict({"encoder": encoder, "predictor": predictor})
+
+
+def test_export_official_loads_in_main_lincls_and_in_the_official_model(tmp_path, capsys):
+    from simsiam import checkpoint
+    from simsiam.export import export_official
+    from simsiam.methods import build_model
+
+    run_dir = tmp_path / "imagenet-stem"
+    cfg = tiny_config(
+        run_dir,
+        arch="resnet18",
+        width=1.0,
+        cifar_stem=False,
+        dim=32,
+        pred_dim=8,
+        proj_layers=3,  # the official projector
+        proj_hidden=512,
+        subset=64,
+        batch_size=32,
+        epochs=1,
+        image_size=32,
+    )
+    train(cfg)
+    out = tmp_path / "checkpoint_0001.pth.tar"
+    assert main(["export", str(run_dir), "--format", "official", "--out", str(out)]) == 0
+    assert "main_lincls.py --pretrained" in capsys.readouterr().out
+    ours, _ = load_backbone(run_dir)
+    lincls = official_lincls_load(out, "resnet18")
+    lincls.fc = torch.nn.Identity()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(lincls.eval()(x), ours.eval()(x))
+    # every key fits the official SimSiam model itself (strict), and its projector is ours
+    saved = torch.load(out, map_location="cpu")
+    assert saved["arch"] == "resnet18" and saved["epoch"] == 1
+    official = official_simsiam("resnet18", 32, 8)
+    official.load_state_dict({k[len("module.") :]: v for k, v in saved["state_dict"].items()}, strict=True)
+    model = build_model(cfg)
+    model.load_state_dict(checkpoint.plain_keys(checkpoint.load_latest(run_dir).model))
+    model.eval(), official.eval()
+    with torch.no_grad():
+        z = official["encoder"](x)
+        torch.testing.assert_close(z, model.projector(model.backbone(x)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(official["predictor"](z), model.predictor(z), rtol=1e-5, atol=1e-5)
+    # and our own reader takes it back
+    back, _ = load_backbone(out)
+    for k, v in ours.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    assert export_official(run_dir / "checkpoint.pt", tmp_path / "bare.pth.tar")  # a file: the backbone alone
+    assert not any(".fc." in k or "predictor" in k for k in torch.load(tmp_path / "bare.pth.tar")["state_dict"])
+    assert "the file holds the backbone alone" in capsys.readouterr().err
+    official_lincls_load(tmp_path / "bare.pth.tar", "resnet18")  # which main_lincls.py loads all the same
+
+
+def test_export_official_refuses_what_main_lincls_cannot_build(run, tmp_path, capsys):
+    run_dir, _ = run  # the CIFAR stem at width 1/8
+    assert main(["export", str(run_dir), "--format", "official", "--out", str(tmp_path / "x.pth.tar")]) == 2
+    err = capsys.readouterr().err
+    assert "resnet18 at width 0.125" in err and "--format safetensors" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.pth.tar").exists()

@@ -24,6 +24,7 @@ from .options import (
     DuplicatesOptions,
     EmbedOptions,
     ExperimentOptions,
+    FinetuneOptions,
     IndexOptions,
     KnnOptions,
     LinearOptions,
@@ -161,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("knn", "weighted kNN on frozen features (train split = bank, test = queries)", KnnOptions),
         ("linear", "linear classifier on frozen pool features (paper App. A protocol)", LinearOptions),
         ("rank", "effective rank (RankMe) of the frozen features: a label-free health measure", RankOptions),
+        (
+            "finetune",
+            "fine-tune the whole backbone + a linear head on a class-balanced fraction of the labels "
+            "(SimCLR's semi-supervised protocol); --from-scratch: the same from random init",
+            FinetuneOptions,
+        ),
     ]
     for name, what, options in protocols:
         protocol = ev_sub.add_parser(name, help=what, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -175,13 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="FILE",
-        help="output: FILE.safetensors (the plain state_dict goes beside it as FILE.pth) or FILE.onnx",
+        help="output: FILE.safetensors (the plain state_dict goes beside it as FILE.pth), FILE.onnx, or "
+        "for --format official any name (e.g. checkpoint_0099.pth.tar)",
     )
     ex.add_argument(
         "--format",
-        choices=["safetensors", "onnx"],
+        choices=["safetensors", "onnx", "official"],
         default="safetensors",
-        help='onnx: images (N, 3, S, S) -> features (N, D), any N (pip install "simsiam[onnx]")',
+        help='onnx: images (N, 3, S, S) -> features (N, D), any N (pip install "simsiam[onnx]"); official: '
+        "{'state_dict': {'module.encoder.*', 'module.predictor.*'}} as facebookresearch/simsiam writes it, "
+        "for its main_lincls.py --pretrained (torchvision ImageNet ResNets at width 1)",
     )
 
     em = sub.add_parser("embed", help="backbone features of every image in a folder, to .npy + .csv of paths")
@@ -447,6 +457,9 @@ def _eval(args) -> None:
         )
         return
 
+    if args.protocol == "finetune":
+        _finetune(args)
+        return
     options = dataclasses.asdict((KnnOptions if args.protocol == "knn" else LinearOptions).from_args(args))
     with process_group(resolve_device(args.device)):  # under torchrun each process extracts a share of the features
         res = evaluate(
@@ -474,9 +487,27 @@ def _eval(args) -> None:
     log(f"{res.protocol} top-1 {100 * res.top1:.2f}%{top5} ({res.num_test} test images) -> {res.path}")
 
 
-def _export(args) -> None:
-    from .export import export_backbone, export_onnx
+def _finetune(args) -> None:
+    from .evaluation import evaluate_finetune
 
+    options = dataclasses.asdict(FinetuneOptions.from_args(args))
+    r = evaluate_finetune(args.source, data_dir=args.data_dir, dataset=args.dataset, out=args.out, **options)
+    top5 = f", top-5 {100 * r.top5:.2f}%" if r.top5 is not None else ""
+    log(
+        f"finetune ({'random init' if r.init == 'random' else 'pretrained'}) on {r.num_labeled} labelled images "
+        f"of {r.num_train} ({r.epochs} epochs, {r.steps} steps, {r.seconds:.0f} s): top-1 {100 * r.top1:.2f}%{top5} "
+        f"({r.num_test} test images) -> {r.path}"
+    )
+    log(f"labelled images: {r.subset_file} (reuse with --subset-file to compare another backbone on them)")
+
+
+def _export(args) -> None:
+    from .export import export_backbone, export_official, export_onnx
+
+    if args.format == "official":
+        out = export_official(args.source, args.out)
+        log(f"official SimSiam checkpoint written to {out} (main_lincls.py --pretrained {out})")
+        return
     if args.format == "onnx":
         log(f"backbone written to {export_onnx(args.source, args.out)} (ONNX)")
         return

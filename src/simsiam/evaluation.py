@@ -21,9 +21,9 @@ from .data import labeled_splits, load_splits
 from .errors import ConfigError
 from .evaluate import knn_report, linear_report
 from .health import embedding_ranks, rank_images
-from .options import KnnOptions, LinearOptions, RankOptions
-from .parallel import is_main
-from .records import Evaluation, RankResult
+from .options import FinetuneOptions, KnnOptions, LinearOptions, RankOptions
+from .parallel import is_main, rank_and_world
+from .records import Evaluation, FinetuneResult, RankResult
 from .runs import OFFICIAL, load_backbone
 from .runtime import resolve_device
 
@@ -85,6 +85,88 @@ def evaluate(
     return _written(res, source, cfg, out, name)
 
 
+def evaluate_finetune(
+    source: str | Path,
+    *,
+    data_dir: str | None = None,
+    dataset: str | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    **options,
+) -> FinetuneResult:
+    """SimCLR's semi-supervised protocol (`finetune.py`) on the backbone of `source`, or with
+    `from_scratch` on its architecture from random init: fine-tune it with a linear head on a
+    class-balanced subset of the train split's labels (`label_fraction` or `labels_per_class`, or the
+    images of `subset_file`), test top-1 on the test split. Written as JSON beside the source
+    (RUN_DIR/eval_finetune.json, eval_finetune_scratch.json) or to `out`; the subset file (unless it
+    was given) beside the JSON, named by its fraction and seed. `options`: FinetuneOptions' fields."""
+    from .finetune import (
+        balanced_subset,
+        default_epochs,
+        finetune,
+        read_subset,
+        scratch_like,
+        subset_digest,
+        subset_names,
+        write_subset,
+    )
+    from .runtime import use_bf16
+
+    o = FinetuneOptions(**options)
+    if rank_and_world()[1] > 1:
+        raise ConfigError("eval finetune runs in one process; run it without torchrun")
+    if o.subset_file is None and (o.label_fraction is None) == (o.labels_per_class is None):
+        raise ConfigError("give one of --label-fraction F, --labels-per-class K or --subset-file FILE")
+    device = resolve_device(o.device)
+    backbone, cfg = load_backbone(source, device)
+    cfg = _data_to_evaluate(cfg, data_dir, dataset)
+    train_set, test_set = labeled_splits(cfg, "fine-tuning")
+    names = subset_names(train_set, cfg.data_dir)
+    if o.subset_file is not None:
+        subset = read_subset(o.subset_file, names, cfg.data_dir)
+    else:
+        subset = balanced_subset(train_set.labels, len(train_set.classes), o.label_fraction, o.labels_per_class, o.seed)
+    if o.from_scratch:
+        backbone = scratch_like(cfg, device, o.seed)
+    epochs = o.epochs or default_epochs(len(subset), len(train_set))
+    res = finetune(
+        backbone,
+        train_set,
+        test_set,
+        subset,
+        cfg,
+        epochs=epochs,
+        batch_size=o.batch_size,
+        base_lr=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        crop_min=o.crop_min,
+        seed=o.seed,
+        bf16=use_bf16(cfg.precision, device),
+        progress=progress,
+    )
+    name = "eval_finetune_scratch" if o.from_scratch else "eval_finetune"
+    path = Path(out) if out else _beside(Path(source), name)
+    subset_file = o.subset_file
+    if subset_file is None:
+        what = f"{o.label_fraction:g}" if o.label_fraction is not None else f"{o.labels_per_class}-per-class"
+        subset_file = str(path.with_name(f"finetune-subset-{what}-seed{o.seed}.txt"))
+        if is_main():
+            share = f"{o.label_fraction:g} of each class" if o.label_fraction else f"{o.labels_per_class} a class"
+            of = f"{len(subset)} of {len(train_set)} train images of {cfg.data_dir or cfg.dataset}"
+            write_subset(Path(subset_file), subset, names, f"{of}, {share}, seed {o.seed}")
+    res = dataclasses.replace(
+        res,
+        init="random" if o.from_scratch else "pretrained",
+        label_fraction=o.label_fraction if o.subset_file is None else None,
+        labels_per_class=o.labels_per_class if o.subset_file is None else None,
+        subset_file=str(subset_file),
+        subset_sha256=subset_digest(subset, names),
+        seed=o.seed,
+    )
+    return _written(res, source, cfg, out, name)
+
+
 def evaluate_rank(
     source: str | Path,
     *,
@@ -110,7 +192,7 @@ def evaluate_rank(
     return _written(res, source, cfg, out, "eval_rank")
 
 
-_R = TypeVar("_R", Evaluation, RankResult)
+_R = TypeVar("_R", Evaluation, FinetuneResult, RankResult)
 
 
 def _written(res: _R, source: str | Path, cfg: Config, out: str | Path | None, name: str) -> _R:

@@ -83,6 +83,67 @@ def export_onnx(source, out) -> Path:
     return out
 
 
+def export_official(source, out) -> Path:
+    """Write the official SimSiam checkpoint layout (facebookresearch/simsiam's main_simsiam.py):
+    `{"epoch", "arch", "state_dict"}` with the backbone under `module.encoder.*` (torchvision key
+    names), and, for a SimSiam run whose checkpoint is at hand, the projector as
+    `module.encoder.fc.*` and the predictor as `module.predictor.*` (the official modules' indices;
+    fc.6's bias, which the official code freezes in front of a BN, is written as zeros). The
+    official main_lincls.py --pretrained FILE loads it: it keeps module.encoder.* but fc, and
+    expects only fc.weight and fc.bias missing from torchvision.models.ARCH(). That model has
+    torchvision's ImageNet stem at width 1: other backbones are refused with the format to use."""
+    backbone, cfg = load_backbone(source)
+    if cfg.arch not in RESNETS or cfg.width != 1.0 or cfg.cifar_stem:
+        why = (
+            "the CIFAR stem (3x3 conv1, no max-pool)"
+            if cfg.arch in RESNETS and cfg.width == 1.0
+            else f"{cfg.arch} at width {cfg.width:g}"
+        )
+        raise ConfigError(
+            f"--format official is torchvision's ImageNet ResNet at width 1 (what main_lincls.py builds); this "
+            f"backbone is {why}: use --format safetensors (its metadata says how to rebuild it)"
+        )
+    state = {f"module.encoder.{k}": v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    run = Path(source)
+    latest = checkpoint.load_latest(run, warn=warn) if run.is_dir() and checkpoint.has_checkpoint(run) else None
+    dim = feature_dim(backbone, cfg.image_size)
+    heads = _simsiam_heads(latest.model, dim) if latest is not None and cfg.method == "simsiam" else None
+    if heads is None:
+        warn(
+            f"{source}: the file holds the backbone alone (all main_lincls.py reads): the official projector and "
+            f"predictor are written only from a SimSiam run directory whose projector has the official layout "
+            f"(--proj-layers 3, --proj-hidden {dim})"
+        )
+    else:
+        projector, predictor = heads
+        state.update({f"module.encoder.fc.{k}": v for k, v in projector.items()})
+        state["module.encoder.fc.6.bias"] = torch.zeros(projector["6.weight"].shape[0])
+        state.update({f"module.predictor.{k}": v for k, v in predictor.items()})
+    out = _output(out)
+    epoch = latest.epoch if latest is not None else 0  # official: the epochs done (where a resume starts)
+    checkpoint.save(out, {"epoch": epoch, "arch": cfg.arch, "state_dict": state})
+    return out
+
+
+def _simsiam_heads(model: dict, dim: int) -> tuple[dict, dict] | None:
+    """(projector, predictor) state_dicts of a SimSiam model's state when they have the official
+    modules' layout (a 3-layer projector D -> D -> D -> d, a 2-layer predictor; keyed by the same
+    Sequential indices), else None."""
+    model = checkpoint.plain_keys(model)
+    part = {
+        name: {k[len(name) + 1 :]: v.detach().cpu().contiguous() for k, v in model.items() if k.startswith(name + ".")}
+        for name in ("projector", "predictor")
+    }
+    projector, predictor = part["projector"], part["predictor"]
+    official = (
+        {"0.weight", "3.weight", "6.weight", "7.running_mean"} <= projector.keys()
+        and tuple(projector["0.weight"].shape) == (dim, dim)
+        and tuple(projector["3.weight"].shape) == (dim, dim)
+        and {"0.weight", "1.weight", "3.weight", "3.bias"} <= predictor.keys()
+    )
+    return (projector, predictor) if official else None
+
+
 def _require_onnx() -> None:
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:

@@ -343,6 +343,33 @@ class LinearOptions(DeviceOptions):
 
 
 @dataclass
+class FinetuneOptions(DeviceOptions):
+    """`simsiam eval finetune`: SimCLR's semi-supervised protocol (App. B.5)."""
+
+    label_fraction: float | None = opt(
+        None, "label this fraction of each class's train images (SimCLR: 0.01 and 0.1)", check=Range(gt=0, le=1)
+    )
+    labels_per_class: int | None = opt(None, "label this many train images of each class instead", check=POSITIVE_INT)
+    subset_file: str | None = opt(
+        None,
+        "the labelled images: a subset file an earlier finetune wrote (or a list of file names, as SimCLR's); "
+        "instead of the two above",
+    )
+    from_scratch: bool = opt(
+        False, "the run's architecture from random init instead of its weights: the baseline, on the same images"
+    )
+    epochs: int | None = opt(None, "default: 60 for up to 0.01 of the labels, else 30 (SimCLR)", check=POSITIVE_INT)
+    batch_size: int = opt(
+        4096, "batch (SimCLR: 4096); the lr follows it also when the subset holds fewer images", check=POSITIVE_INT
+    )
+    lr: float = opt(0.05, "base lr, scaled by batch/256 (SimCLR: 0.05, i.e. 0.8 at batch 4096)", check=POSITIVE)
+    momentum: float = opt(0.9, "Nesterov momentum (SimCLR: 0.9)", check=Range(ge=0, lt=1))
+    weight_decay: float = opt(0.0, "weight decay (SimCLR: none)", check=Range(ge=0))
+    crop_min: float = opt(0.08, "RandomResizedCrop's smallest area fraction (SimCLR: 0.08)", check=Range(gt=0, le=1))
+    seed: int = opt(0, "the subset drawn, the head's init, the data order and the crops", check=SEED)
+
+
+@dataclass
 class EmbedOptions(DeviceOptions):
     """`simsiam embed`."""
 

@@ -386,6 +386,51 @@ class LinearResult(Evaluation):
 
 
 @dataclass
+class FinetuneResult(Evaluation):
+    """What `simsiam eval finetune` measured (RUN_DIR/eval_finetune.json, eval_finetune_scratch.json):
+    test top-1 after fine-tuning the whole backbone and a linear head on `num_labeled` labels."""
+
+    optimizer: str = ""
+    init: str = "pretrained"  # or "random": --from-scratch, the run's architecture re-initialised
+    num_labeled: int = 0
+    num_train: int = 0  # the train split the subset was drawn from
+    num_test_images: int = 0
+    label_fraction: float | None = None
+    labels_per_class: int | None = None
+    subset_file: str = ""
+    subset_sha256: str = ""
+    seed: int = 0
+    epochs: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    backbone_changed: bool = True
+
+    @property
+    def num_test(self) -> int:
+        return self.num_test_images
+
+    def to_json(self) -> dict[str, Any]:
+        return self._json(
+            {
+                "init": self.init,
+                "num_labeled": self.num_labeled,
+                "num_train": self.num_train,
+                "num_test": self.num_test_images,
+                "label_fraction": self.label_fraction,
+                "labels_per_class": self.labels_per_class,
+                "subset_file": self.subset_file,
+                "subset_sha256": self.subset_sha256,
+                "seed": self.seed,
+                "optimizer": self.optimizer,
+                "epochs": self.epochs,
+                "steps": self.steps,
+                "seconds": self.seconds,
+                "backbone_changed": self.backbone_changed,
+            }
+        )
+
+
+@dataclass
 class RankResult(Record):
     """What `simsiam eval rank` measured (RUN_DIR/eval_rank.json): the effective rank (RankMe) of
     the backbone's features on a fixed sample of images, no labels needed; `rank_max` = min(N, D)."""

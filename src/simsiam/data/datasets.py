@@ -46,15 +46,17 @@ class ImageSet:
     images: torch.Tensor  # uint8 (N, 3, S, S)
     labels: torch.Tensor  # int64 (N,), UNLABELED where unknown
     classes: list[str]
+    paths: list[str] | None = None  # the file of each image, when read from a folder
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def select(self, idx: torch.Tensor) -> ImageSet:
-        return ImageSet(self.images[idx], self.labels[idx], self.classes)
+        paths = None if self.paths is None else [self.paths[i] for i in idx.flatten().tolist()]
+        return ImageSet(self.images[idx], self.labels[idx], self.classes, paths)
 
     def to(self, device) -> ImageSet:
-        return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+        return ImageSet(self.images.to(device), self.labels.to(device), self.classes, self.paths)
 
     def labeled(self) -> ImageSet:
         """The images with a label (the kNN bank / evaluation set)."""
@@ -609,7 +611,10 @@ def _decode_samples(root, samples, found, size, strict, cache) -> ImageSet:
         )
     if len(labels) == 0:
         raise DataError(f"none of the {len(samples)} image files under {root} could be read; check the files")
-    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), found)
+    unread = set(bad)
+    paths = [p for p, _ in samples if p not in unread]  # decoded in listing order, the unreadable left out
+    kept = paths if len(paths) == len(labels) else None
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), found, kept)
 
 
 def _decode_all(samples, size: int, strict: bool):
