@@ -130,6 +130,16 @@ def fingerprint(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def linear_head(dim: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
+    """The official linear classifier's init: weights ~ N(0, 0.01), bias 0, drawn on the CPU from
+    `generator` (where a seeded generator lives)."""
+    head = nn.Linear(dim, num_classes)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.01, generator=generator)
+        head.bias.zero_()
+    return head
+
+
 def train_linear(
     features,
     labels: torch.Tensor,
@@ -158,11 +168,7 @@ def train_linear(
 
     device = labels.device
     g = torch.Generator(device="cpu").manual_seed(seed)
-    head = nn.Linear(dim, num_classes)
-    with torch.no_grad():  # initialised on the CPU, where the seeded generator lives
-        head.weight.normal_(0, 0.01, generator=g)
-        head.bias.zero_()
-    head = head.to(device)
+    head = linear_head(dim, num_classes, g).to(device)
     lr = base_lr * batch_size / 256
     opt = LARS(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = labels.shape[0]

@@ -31,7 +31,7 @@ from .backbones import build_backbone, feature_dim
 from .config import Config
 from .data.augment import Augment
 from .errors import ConfigError, DataError, TrainingError
-from .evaluate import _judged, fingerprint, pooled_features
+from .evaluate import _judged, fingerprint, linear_head, pooled_features
 from .optim import cosine_lr, set_lr
 from .records import FinetuneResult
 from .runtime import Bar, autocast
@@ -153,11 +153,7 @@ def finetune(
         raise ConfigError("fine-tuning needs at least 2 labelled images (BatchNorm); ask for more labels")
     dim = feature_dim(backbone, size)
     g = torch.Generator(device="cpu").manual_seed(seed)  # the head's init and the data order
-    head = nn.Linear(dim, len(train.classes))
-    with torch.no_grad():
-        head.weight.normal_(0, 0.01, generator=g)
-        head.bias.zero_()
-    head = head.to(device)
+    head = linear_head(dim, len(train.classes), g).to(device)
     crop = Augment(
         size, crop_scale=(crop_min, 1.0), hflip=cfg.hflip, jitter_p=0.0, gray_p=0.0, blur_p=0.0, mean=mean, std=std
     )
