@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 from typing import NamedTuple
@@ -9,6 +10,13 @@ from typing import NamedTuple
 import pytest
 
 CIFAR_TAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+# The suite's expectations are the CPU's (fp32, deterministic kernels: bit-exact resumes, fixed
+# accuracy bars). On a GPU machine `--device auto` would pick CUDA with bf16 and nondeterministic
+# kernels, and 6 tests failed there (an H200, 2026-12-01). Set before torch first looks for CUDA,
+# and inherited by the CLIs and torchrun jobs the tests start. SIMSIAM_TEST_GPU=1 keeps the GPUs.
+if os.environ.get("SIMSIAM_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def extract_cifar_slice(dest: Path, per_class_train: int, per_class_test: int) -> Path:
