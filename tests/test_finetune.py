@@ -96,7 +96,7 @@ def test_the_subset_file_of_a_folder_names_its_files(tmp_path):
     data = make_folder(tmp_path / "photos", n=12, size=24)
     run_dir = tmp_path / "run"
     train(tiny_config(run_dir, dataset="folder", data_dir=str(data), subset=None, batch_size=8, epochs=1))
-    out = tmp_path / "ft.json"
+    out = tmp_path / "new" / "folder" / "ft.json"  # created, for the subset file too
     assert main(["eval", "finetune", str(run_dir), "--label-fraction", "0.5", "--epochs", "1", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     lines = [ln for ln in open(res["subset_file"]).read().splitlines() if not ln.startswith("#")]

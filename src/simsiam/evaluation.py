@@ -154,6 +154,7 @@ def evaluate_finetune(
         if is_main():
             share = f"{o.label_fraction:g} of each class" if o.label_fraction else f"{o.labels_per_class} a class"
             of = f"{len(subset)} of {len(train_set)} train images of {cfg.data_dir or cfg.dataset}"
+            Path(subset_file).parent.mkdir(parents=True, exist_ok=True)
             write_subset(Path(subset_file), subset, names, f"{of}, {share}, seed {o.seed}")
     res = dataclasses.replace(
         res,
