@@ -9,6 +9,7 @@ resume) runs in this process through `simsiam.cli.main`, on one thread like the 
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,7 +120,9 @@ def test_sigint_and_sigterm_checkpoint_at_the_next_step_and_stop(sig, code, refe
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
     (line,) = errors(err)
-    assert f"simsiam: {sig.name}: stopped at epoch" in line and "--resume" in line
+    # where the stop lands depends on the machine's speed: mid-epoch, or right at an epoch's end
+    assert re.search(rf"simsiam: {sig.name}: stopped at (epoch \d+, step \d+|the end of epoch \d+)", line), line
+    assert "--resume" in line
     newest = checkpoint.read_manifest(tmp_path / "run")[0]
     assert newest["global_step"] > 5  # written at the signal, not only the last periodic one
     resumed, _, err = cli(capsys, "train", "--resume", "--run-dir", str(tmp_path / "run"))
