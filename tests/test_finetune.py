@@ -114,3 +114,40 @@ def test_finetune_bad_inputs_are_one_line_errors(run, tmp_path, capsys):
         assert main(["eval", "finetune", str(run), *argv]) == 2, argv
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_save_writes_a_classifier_that_gives_the_reported_top1(run, tmp_path):
+    import safetensors.torch as st
+    from safetensors import safe_open
+
+    from simsiam.backbones import build_backbone
+    from simsiam.data import labeled_splits
+    from simsiam.evaluate import pooled_features
+    from simsiam.evaluation import evaluate_finetune
+
+    model = tmp_path / "models" / "digits-ft.safetensors"
+    res = evaluate_finetune(
+        run,
+        labels_per_class=3,
+        epochs=2,
+        batch_size=16,
+        device="cpu",
+        save=str(model),
+        out=tmp_path / "r.json",
+        progress=False,
+    )
+    assert res.model_file == str(model) and json.loads((tmp_path / "r.json").read_text())["model_file"] == str(model)
+    state = st.load_file(model)
+    with safe_open(model, "pt") as f:
+        meta = f.metadata()
+    _, cfg = load_backbone(run)
+    assert json.loads(meta["classes"]) == [str(i) for i in range(10)] and meta["arch"] == cfg.arch
+    backbone, dim = build_backbone(cfg.arch, cfg.cifar_stem, cfg.width, image_size=cfg.image_size)
+    backbone.load_state_dict({k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")})
+    head = torch.nn.Linear(dim, 10)
+    head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
+    assert not torch.equal(state["backbone.conv1.weight"], load_backbone(run)[0].state_dict()["conv1.weight"])
+    _, test = labeled_splits(cfg)
+    with torch.no_grad():
+        scores = head(pooled_features(backbone.eval(), test, cfg.image_size, cfg.mean, cfg.std))
+    assert (scores.argmax(1) == test.labels).float().mean().item() == pytest.approx(res.top1, abs=1e-6)

@@ -499,6 +499,8 @@ def _finetune(args) -> None:
         f"({r.num_test} test images) -> {r.path}"
     )
     log(f"labelled images: {r.subset_file} (reuse with --subset-file to compare another backbone on them)")
+    if r.model_file:
+        log(f"fine-tuned classifier: {r.model_file} (safetensors: backbone.*, head.*; classes in its metadata)")
 
 
 def _export(args) -> None:

@@ -144,6 +144,7 @@ def evaluate_finetune(
         seed=o.seed,
         bf16=use_bf16(cfg.precision, device),
         progress=progress,
+        save=o.save if is_main() else None,
     )
     name = "eval_finetune_scratch" if o.from_scratch else "eval_finetune"
     path = Path(out) if out else _beside(Path(source), name)

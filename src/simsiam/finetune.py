@@ -142,10 +142,12 @@ def finetune(
     seed: int = 0,
     bf16: bool = False,
     progress: bool = True,
+    save: str | Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune `backbone` (changed in place) with a linear head on `train`'s images `subset`; test
     top-1 on `test`. Batches of `batch_size` (the subset in one when smaller), lr = base_lr x
-    batch_size / 256, half-cosine per step, SGD with Nesterov momentum."""
+    batch_size / 256, half-cosine per step, SGD with Nesterov momentum. `save`: the fine-tuned
+    classifier as safetensors (`save_classifier`)."""
     device = next(backbone.parameters()).device
     size, mean, std = cfg.image_size, cfg.mean, cfg.std
     before = fingerprint(backbone)
@@ -195,8 +197,11 @@ def finetune(
         + f", lr {base_lr:g} x {batch_size}/256, cosine per step, wd {weight_decay:g}, {epochs} epochs ({done} steps), "
         f"RandomResizedCrop({crop_min:g}-1)" + (" + flip" if cfg.hflip else "")
     )
+    if save is not None:
+        save_classifier(Path(save), backbone, head, cfg, train.classes)
     return FinetuneResult(
         protocol="finetune",
+        model_file=str(save) if save is not None else "",
         optimizer=optimizer,
         num_labeled=len(subset),
         num_train=len(train),
@@ -207,6 +212,24 @@ def finetune(
         backbone_changed=fingerprint(backbone) != before,
         **_judged(scores, test.labels.to(device), train.classes, test_feats),
     )
+
+
+def save_classifier(path: Path, backbone: nn.Module, head: nn.Linear, cfg: Config, classes: list[str]) -> None:
+    """The fine-tuned classifier as safetensors: `backbone.*` (the keys `simsiam export` writes),
+    `head.weight` and `head.bias`; the metadata says how to rebuild and feed it, and the class of
+    each output (`classes`, JSON)."""
+    import json
+
+    from safetensors.torch import save
+
+    from .checkpoint import write_atomic
+    from .export import export_metadata
+
+    state = {f"backbone.{k}": v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    state.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**export_metadata(backbone, cfg), "classes": json.dumps(classes)}
+    write_atomic(path, save(state, metadata=meta))
 
 
 def batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:

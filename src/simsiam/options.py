@@ -367,6 +367,9 @@ class FinetuneOptions(DeviceOptions):
     weight_decay: float = opt(0.0, "weight decay (SimCLR: none)", check=Range(ge=0))
     crop_min: float = opt(0.08, "RandomResizedCrop's smallest area fraction (SimCLR: 0.08)", check=Range(gt=0, le=1))
     seed: int = opt(0, "the subset drawn, the head's init, the data order and the crops", check=SEED)
+    save: str | None = opt(
+        None, "also write the fine-tuned classifier here (safetensors: backbone.*, head.*; classes in its metadata)"
+    )
 
 
 @dataclass

@@ -404,6 +404,7 @@ class FinetuneResult(Evaluation):
     steps: int = 0
     seconds: float = 0.0
     backbone_changed: bool = True
+    model_file: str = ""  # --save: the fine-tuned backbone + head (safetensors)
 
     @property
     def num_test(self) -> int:
@@ -413,6 +414,7 @@ class FinetuneResult(Evaluation):
         return self._json(
             {
                 "init": self.init,
+                **({"model_file": self.model_file} if self.model_file else {}),
                 "num_labeled": self.num_labeled,
                 "num_train": self.num_train,
                 "num_test": self.num_test_images,
