@@ -303,7 +303,8 @@ def linear_report(
         test_feats = pooled_features(backbone, test, size, mean, std)
     test_labels = test.labels.to(device)
     curve: list[float] = []  # test top-1 after each epoch (the paper's protocol)
-    best_state: dict | None = None  # the head after the best of them
+    best_state: dict | None = None  # the head after the best of them (the earliest of equal bests)
+    best_epoch: int | None = None
     if fast:
         feats = pooled_features(backbone, train, size, mean, std)
         with torch.enable_grad():
@@ -320,10 +321,10 @@ def linear_report(
 
         @torch.no_grad()
         def score(epoch, head):
-            nonlocal best_state
+            nonlocal best_state, best_epoch
             top1 = topk_accuracy(head(test_feats), test_labels, ks=(1,))["top1"]
-            if top1 > max(curve, default=-1.0):  # of equal bests, the earliest epoch's
-                best_state = {k: v.clone() for k, v in head.state_dict().items()}
+            if top1 > max(curve, default=-1.0):
+                best_state, best_epoch = {k: v.clone() for k, v in head.state_dict().items()}, epoch + 1
             curve.append(top1)
 
         dim = test_feats.shape[1]
@@ -347,7 +348,6 @@ def linear_report(
         scores = head(test_feats)
     if fingerprint(backbone) != before:
         raise TrainingError("the backbone's weights changed during linear evaluation; this is a bug, please report it")
-    best_epoch = max(range(len(curve)), key=lambda i: (curve[i], -i)) + 1 if curve else None
     return LinearResult(
         protocol="linear-fast" if fast else "linear",
         optimizer=optimizer,

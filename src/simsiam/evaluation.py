@@ -126,16 +126,24 @@ def evaluate_finetune(
         subset = read_subset(o.subset_file, names, cfg.data_dir)
     else:
         subset = balanced_subset(train_set.labels, len(train_set.classes), o.label_fraction, o.labels_per_class, o.seed)
+    name = "eval_finetune_scratch" if o.from_scratch else "eval_finetune"
+    path = Path(out) if out else _beside(Path(source), name)
+    subset_file = o.subset_file
+    if subset_file is None:  # written first: a baseline can be started on it while this one trains
+        what = f"{o.label_fraction:g}" if o.label_fraction is not None else f"{o.labels_per_class}-per-class"
+        subset_file = str(path.with_name(f"finetune-subset-{what}-seed{o.seed}.txt"))
+        share = f"{o.label_fraction:g} of each class" if o.label_fraction else f"{o.labels_per_class} a class"
+        of = f"{len(subset)} of {len(train_set)} train images of {cfg.data_dir or cfg.dataset}"
+        write_subset(Path(subset_file), subset, names, f"{of}, {share}, seed {o.seed}")
     if o.from_scratch:
         backbone = scratch_like(cfg, device, o.seed)
-    epochs = o.epochs or default_epochs(len(subset), len(train_set))
     res = finetune(
         backbone,
         train_set,
         test_set,
         subset,
         cfg,
-        epochs=epochs,
+        epochs=o.epochs or default_epochs(len(subset), len(train_set)),
         batch_size=o.batch_size,
         base_lr=o.lr,
         momentum=o.momentum,
@@ -144,19 +152,8 @@ def evaluate_finetune(
         seed=o.seed,
         bf16=use_bf16(cfg.precision, device),
         progress=progress,
-        save=o.save if is_main() else None,
+        save=o.save,
     )
-    name = "eval_finetune_scratch" if o.from_scratch else "eval_finetune"
-    path = Path(out) if out else _beside(Path(source), name)
-    subset_file = o.subset_file
-    if subset_file is None:
-        what = f"{o.label_fraction:g}" if o.label_fraction is not None else f"{o.labels_per_class}-per-class"
-        subset_file = str(path.with_name(f"finetune-subset-{what}-seed{o.seed}.txt"))
-        if is_main():
-            share = f"{o.label_fraction:g} of each class" if o.label_fraction else f"{o.labels_per_class} a class"
-            of = f"{len(subset)} of {len(train_set)} train images of {cfg.data_dir or cfg.dataset}"
-            Path(subset_file).parent.mkdir(parents=True, exist_ok=True)
-            write_subset(Path(subset_file), subset, names, f"{of}, {share}, seed {o.seed}")
     res = dataclasses.replace(
         res,
         init="random" if o.from_scratch else "pretrained",

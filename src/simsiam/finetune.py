@@ -65,7 +65,7 @@ def balanced_subset(
 def subset_names(train, root: str | None) -> list[str]:
     """What identifies each train image in a subset file: its path under `root` (the data folder),
     or its index when the data was read without paths (digits, torchvision's CIFAR files)."""
-    paths = getattr(train, "paths", None)
+    paths = train.paths  # an ImageSet's (None for data read without paths) or a FileSet's
     if paths is None:
         return [str(i) for i in range(len(train))]
     base = root or os.path.commonpath(paths)
@@ -76,6 +76,7 @@ def write_subset(path: Path, idx: torch.Tensor, names: list[str], comment: str) 
     from .checkpoint import write_atomic
 
     lines = [f"{SUBSET_HEADER}: {comment}", *(names[i] for i in idx.tolist())]
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, "\n".join(lines) + "\n")
 
 
